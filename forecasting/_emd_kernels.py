@@ -64,43 +64,60 @@ def find_extrema(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         crossing is a sign change between neighbours or a run of exact zeros.
     """
     n = x.size
-    n_zero = 0
-    for i in range(n - 1):
-        if x[i] * x[i + 1] < 0.0:
-            n_zero += 1
-    i = 0
-    while i < n:
-        if x[i] == 0.0:
-            n_zero += 1
-            while i < n and x[i] == 0.0:
-                i += 1
-        else:
-            i += 1
-
     nd = n - 1
-    d = np.empty(nd)
-    has_flat = False
-    for i in range(nd):
-        d[i] = x[i + 1] - x[i]
-        if d[i] == 0.0:
-            has_flat = True
-
-    imax = np.empty(n, dtype=np.int64)
-    imin = np.empty(n, dtype=np.int64)
+    cap = n // 2 + 2
+    imax = np.empty(cap, dtype=np.int64)
+    imin = np.empty(cap, dtype=np.int64)
     nmax = 0
     nmin = 0
-    for i in range(nd - 1):
-        d1 = d[i]
-        if d1 * d[i + 1] < 0.0:
-            if d1 < 0.0:
-                imin[nmin] = i + 1
+    n_zero = 0
+    has_zero = x[0] == 0.0
+    prev = x[1] - x[0]
+    has_flat = prev == 0.0
+    if x[0] * x[1] < 0.0:
+        n_zero += 1
+    for i in range(1, nd):
+        xi = x[i]
+        xn = x[i + 1]
+        if xi * xn < 0.0:
+            n_zero += 1
+        if xi == 0.0:
+            has_zero = True
+        dn = xn - xi
+        if prev * dn < 0.0:
+            if prev < 0.0:
+                imin[nmin] = i
                 nmin += 1
-            elif d1 > 0.0:
-                imax[nmax] = i + 1
+            else:
+                imax[nmax] = i
                 nmax += 1
+        elif dn == 0.0:
+            has_flat = True
+        prev = dn
+    if x[nd] == 0.0:
+        has_zero = True
+    if has_zero:
+        i = 0
+        while i < n:
+            if x[i] == 0.0:
+                n_zero += 1
+                while i < n and x[i] == 0.0:
+                    i += 1
+            else:
+                i += 1
 
     if has_flat:
         # Plateaus: runs of zero differences, [start, stop) in difference indices.
+        d = np.empty(nd)
+        for i in range(nd):
+            d[i] = x[i + 1] - x[i]
+        if nmax + nd > cap or nmin + nd > cap:
+            grown = np.empty(nmax + nd, dtype=np.int64)
+            grown[:nmax] = imax[:nmax]
+            imax = grown
+            grown = np.empty(nmin + nd, dtype=np.int64)
+            grown[:nmin] = imin[:nmin]
+            imin = grown
         starts = np.empty(nd, dtype=np.int64)
         stops = np.empty(nd, dtype=np.int64)
         nrun = 0
@@ -322,26 +339,26 @@ def _spline_not_a_knot(px: np.ndarray, py: np.ndarray, n: int, out: np.ndarray) 
     ) / w
     _tridiagonal_solve(dl, d, du, s)
 
-    seg = 0
-    t_end = px[m - 1]
-    for t in range(n):
-        tf = float(t)
-        if tf < px[0] or tf > t_end:
-            raise ValueError("envelope knots do not cover the signal")
-        if tf == t_end:
-            seg = m - 2
-        else:
-            while tf >= px[seg + 1]:
-                seg += 1
+    if px[0] > 0.0 or px[m - 1] < n - 1:
+        raise ValueError("envelope knots do not cover the signal")
+    t = 0
+    for seg in range(m - 1):
+        # Samples of [px[seg], px[seg+1]); the last interval is closed on the right.
+        stop = px[seg + 1] if seg < m - 2 else px[seg + 1] + 0.5
+        if t >= n or float(t) >= stop:
+            continue
         h = dx[seg]
         c3 = py[seg]
         c2 = s[seg]
         tt = (s[seg] + s[seg + 1] - 2.0 * slope[seg]) / h
         c0 = tt / h
         c1 = (slope[seg] - s[seg]) / h - tt
-        z = tf - px[seg]
-        z2 = z * z
-        out[t] = c3 + c2 * z + c1 * z2 + c0 * (z2 * z)
+        x0 = px[seg]
+        while t < n and float(t) < stop:
+            z = float(t) - x0
+            z2 = z * z
+            out[t] = c3 + c2 * z + c1 * z2 + c0 * (z2 * z)
+            t += 1
 
 
 @njit(**_JIT)

@@ -1,0 +1,153 @@
+"""Stage functions shared by the CLI (and later by Airflow): I/O at the edges, stages inside."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from forecasting.cleaning import clean_window
+from forecasting.decomposition import BACKENDS, Decomposition, decompose
+from forecasting.errors import BadInputError
+from surgecast.sources import DEFAULT_TRACE, bundled_trace, load_rps_csv
+
+
+def resolve_trace(trace: str | Path | None) -> Path:
+    """A trace argument as a file: an existing path, else the name of a bundled trace."""
+    if trace is None:
+        return bundled_trace(DEFAULT_TRACE)
+    path = Path(trace)
+    if path.exists() or path.suffix == "" or len(path.parts) > 1:
+        return path
+    return bundled_trace(str(trace))
+
+
+def parse_utc(text: str, what: str) -> pd.Timestamp:
+    """An ISO 8601 timestamp with an explicit UTC offset ('Z' or +00:00)."""
+    try:
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise BadInputError(f"{what}: cannot parse {text!r} as an ISO 8601 timestamp") from None
+    if ts.tzinfo is None:
+        raise BadInputError(f"{what}: {text!r} has no time zone; give it in UTC, e.g. {text}Z")
+    if ts.utcoffset() != pd.Timedelta(0):
+        raise BadInputError(f"{what}: {text!r} is not UTC (offset {ts.utcoffset()})")
+    return ts.tz_convert("UTC")
+
+
+@dataclass(frozen=True)
+class DecompositionResult:
+    """What ``surgecast decompose`` computed, with the cleaned window it decomposed."""
+
+    source: str
+    step: str
+    window: pd.Series
+    decomposition: Decomposition
+    filled_points: int
+    seconds: float
+
+    @property
+    def cutoff(self) -> str:
+        return self.decomposition.cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @property
+    def backend(self) -> str:
+        return self.decomposition.backend
+
+    def summary(self) -> dict:
+        dec = self.decomposition
+        k = dec.n_imfs
+        found = dec.imfs_found
+        if found > k:
+            found_text = f"more than {k} IMFs found, lower ones merged into the residue"
+        elif found < k:
+            found_text = f"{found} IMFs found, padded to {k} with zero rows"
+        else:
+            found_text = f"{found} IMFs found"
+        return {
+            "trace": self.source,
+            "cutoff": self.cutoff,
+            "step": self.step,
+            "components": k,
+            "window": len(self.window),
+            "trials": dec.settings.trials,
+            "seed": dec.settings.seed,
+            "backend": dec.backend,
+            "seconds": round(self.seconds, 4),
+            "reconstruction_error": dec.reconstruction_error(self.window),
+            "filled_points": self.filled_points,
+            "imfs_found": dec.imfs_found,
+            "imfs_found_text": found_text,
+        }
+
+    def component_stats(self) -> list[dict]:
+        """Per component: std, share of the summed variances, mean period from zero crossings."""
+        comps = self.decomposition.components
+        variances = comps.var(ddof=0)
+        total = float(variances.sum()) or 1.0
+        step_s = pd.Timedelta(self.step).total_seconds()
+        rows = []
+        for name in comps.columns:
+            values = comps[name].to_numpy()
+            centred = values - values.mean() if name == "residue" else values
+            crossings = int(np.count_nonzero(centred[:-1] * centred[1:] < 0))
+            if name == "residue" or crossings < 2:
+                period = "trend" if name == "residue" else "-"
+            else:
+                period = _duration(2 * len(values) / crossings * step_s)
+            rows.append(
+                {
+                    "name": name,
+                    "std_rps": float(np.sqrt(variances[name])),
+                    "variance_share": float(variances[name]) / total,
+                    "period": period,
+                }
+            )
+        return rows
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def decompose_trace(
+    trace: str | Path | None,
+    *,
+    at: str | None = None,
+    window: int = 1440,
+    step: str = "1min",
+    n_imfs: int = 8,
+    trials: int = 100,
+    seed: int = 0,
+    backend: str = "fast",
+    max_gap_steps: int = 60,
+) -> DecompositionResult:
+    """Load a trace, clean the window that ends at ``at`` and decompose it with CEEMDAN."""
+    if backend not in BACKENDS:
+        raise BadInputError(f"--backend: unknown {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = resolve_trace(trace)
+    rps = load_rps_csv(path, step=step)
+    end = parse_utc(at, "--at") if at is not None else None
+    cleaned = clean_window(
+        rps, end=end, window_steps=window, max_gap_steps=max_gap_steps, source=str(path)
+    )
+    started = time.perf_counter()
+    dec = decompose(
+        cleaned.rps, window=window, n_imfs=n_imfs, trials=trials, seed=seed, backend=backend
+    )
+    seconds = time.perf_counter() - started
+    return DecompositionResult(
+        source=str(path),
+        step=step,
+        window=cleaned.rps,
+        decomposition=dec,
+        filled_points=cleaned.filled_points,
+        seconds=seconds,
+    )
