@@ -16,8 +16,8 @@ default settings, so that the two backends give the same components:
 
 Everything works on float64 arrays sampled at unit spacing. The kernels are written with numba
 so that one sifting iteration costs a few microseconds instead of the tens of microseconds that
-interpreted numpy and scipy calls cost, and the trial loops of CEEMDAN run on all cores. Trial
-results are gathered into per-trial buffers and summed in trial order, so the output does not
+interpreted numpy and scipy calls cost. They release the GIL, so the caller can run the trials of
+an ensemble on several threads; it sums their results in trial order, so the output does not
 depend on the number of threads.
 
 References:
@@ -30,7 +30,7 @@ References:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True}
 
@@ -557,70 +557,29 @@ def emd(x: np.ndarray, max_imf: int) -> np.ndarray:
 
 
 @njit(**_JIT)
-def emd_first_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """First and last row of ``emd(x, max_imf=1)`` and its number of rows."""
-    rows = emd(x, 1)
-    return rows[0].copy(), rows[rows.shape[0] - 1].copy(), rows.shape[0]
+def emd_rows(inputs: np.ndarray, max_imf: int, keep_rows: int, from_end: bool) -> tuple[np.ndarray, np.ndarray]:
+    """EMD of every row of ``inputs`` (the one compiled entry point for batches).
 
-
-@njit(parallel=True, **_JIT)
-def decompose_noises(noises: np.ndarray, keep_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Full EMD of every noise realisation.
+    Args:
+        inputs: signals, shape (m, n).
+        max_imf: as in :func:`emd`.
+        keep_rows: rows of each EMD to return.
+        from_end: return the last ``keep_rows`` rows (for the local mean, the last row) instead
+            of the first ones.
 
     Returns:
-        (modes, counts): ``modes[t, k]`` is row k of realisation t's EMD for k < keep_rows
-        (zero past its last row); ``counts[t]`` is how many rows that EMD has in all.
+        (rows, counts): rows has shape (m, keep_rows, n), zero where an EMD has fewer rows;
+        counts[i] is how many rows the EMD of input i has in all.
     """
-    trials, n = noises.shape
-    modes = np.zeros((trials, keep_rows, n))
-    counts = np.zeros(trials, dtype=np.int64)
-    for t in prange(trials):
-        rows = emd(noises[t], -1)
-        counts[t] = rows.shape[0]
-        for j in range(min(rows.shape[0], keep_rows)):
-            modes[t, j] = rows[j]
-    return modes, counts
-
-
-@njit(parallel=True, **_JIT)
-def first_mode_mean(signal: np.ndarray, noise_first: np.ndarray, epsilon: float) -> np.ndarray:
-    """Ensemble mean of the first EMD row of ``signal + epsilon * noise_first[t]``."""
-    trials, n = noise_first.shape
-    first = np.empty((trials, n))
-    for t in prange(trials):
-        f, _last, _k = emd_first_rows(signal + epsilon * noise_first[t])
-        first[t] = f
-    total = np.zeros(n)
-    for t in range(trials):
-        total += first[t]
-    return total / trials
-
-
-@njit(parallel=True, **_JIT)
-def local_mean(
-    residual: np.ndarray, beta: float, modes: np.ndarray, counts: np.ndarray, k: int
-) -> np.ndarray:
-    """Ensemble mean of the local mean (last EMD row) of ``residual + beta * E_k(noise_t)``.
-
-    A realisation whose EMD has no row k contributes the plain residual's local mean.
-    """
-    trials = modes.shape[0]
-    n = residual.size
-    last = np.empty((trials, n))
-    for t in prange(trials):
-        r = residual.copy()
-        if counts[t] > k:
-            r += beta * modes[t, k]
-        _f, lst, _k = emd_first_rows(r)
-        last[t] = lst
-    out = np.zeros(n)
-    for t in range(trials):
-        out += last[t] / trials
-    return out
-
-
-@njit(**_JIT)
-def is_trend(x: np.ndarray) -> bool:
-    """Whether ``emd(x, max_imf=1)`` returns a single row (no IMF left to extract)."""
-    _f, _l, k = emd_first_rows(x)
-    return k == 1
+    m, n = inputs.shape
+    out = np.zeros((m, keep_rows, n))
+    counts = np.zeros(m, dtype=np.int64)
+    for i in range(m):
+        rows = emd(inputs[i], max_imf)
+        total = rows.shape[0]
+        counts[i] = total
+        k = min(total, keep_rows)
+        first = total - k if from_end else 0
+        for j in range(k):
+            out[i, j] = rows[first + j]
+    return out, counts

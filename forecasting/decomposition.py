@@ -27,7 +27,9 @@ References:
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from threading import Lock
 from typing import Literal
@@ -114,6 +116,36 @@ class _NoiseModeCache:
 NOISE_MODES = _NoiseModeCache()
 
 
+def _threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def emd_batch(
+    inputs: np.ndarray, max_imf: int, keep_rows: int, *, from_end: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """EMD of every row of ``inputs``, rows split over threads (the kernels release the GIL).
+
+    Returns:
+        (rows, counts) as :func:`forecasting._emd_kernels.emd_rows`; independent of the number
+        of threads, since each row's EMD is computed alone.
+    """
+    from forecasting import _emd_kernels as kernels
+
+    inputs = np.ascontiguousarray(inputs, dtype=np.float64)
+    workers = min(_threads(), inputs.shape[0])
+    if workers <= 1:
+        return kernels.emd_rows(inputs, max_imf, keep_rows, from_end)
+    bounds = np.linspace(0, inputs.shape[0], workers + 1).astype(int)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(
+            pool.map(
+                lambda ab: kernels.emd_rows(inputs[ab[0] : ab[1]], max_imf, keep_rows, from_end),
+                zip(bounds[:-1], bounds[1:], strict=True),
+            )
+        )
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def noise_modes(noises: np.ndarray, keep_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """EMD modes of each noise realisation, each divided by the std of its first mode.
 
@@ -121,10 +153,7 @@ def noise_modes(noises: np.ndarray, keep_rows: int) -> tuple[np.ndarray, np.ndar
         (modes, counts): modes has shape (trials, keep_rows, n); counts[t] is how many rows the
         EMD of realisation t has in all (its modes past ``keep_rows`` are not kept).
     """
-    from forecasting import _emd_kernels as kernels
-
-    noises = np.ascontiguousarray(noises, dtype=np.float64)
-    modes, counts = kernels.decompose_noises(noises, keep_rows)
+    modes, counts = emd_batch(noises, -1, keep_rows)
     for t in range(modes.shape[0]):
         k = min(int(counts[t]), keep_rows)
         modes[t, :k] = modes[t, :k] / np.std(modes[t, 0])
@@ -137,39 +166,51 @@ def _keep_rows(n: int, max_imf: int) -> int:
 
 
 def _ceemdan_fast(x: np.ndarray, settings: CeemdanSettings, noise: np.ndarray | None) -> np.ndarray:
-    from forecasting import _emd_kernels as kernels
-
     n = x.size
+    trials = settings.trials
     keep = _keep_rows(n, settings.max_imf)
     if noise is None:
-        modes, counts = NOISE_MODES.get(n, settings.trials, settings.seed, keep)
+        modes, counts = NOISE_MODES.get(n, trials, settings.seed, keep)
     else:
         modes, counts = noise_modes(noise, keep)
 
     scale = np.std(x)
     s = x / scale
-    first = kernels.first_mode_mean(s, np.ascontiguousarray(modes[:, 0]), settings.epsilon)
-    imfs = [first]
-    residual = s - first
+    # First mode: ensemble mean of the first EMD row of s + eps * E1(w_t).
+    first_rows, _ = emd_batch(s + settings.epsilon * modes[:, 0], 1, 1)
+    total = np.zeros(n)
+    for t in range(trials):
+        total += first_rows[t, 0]
+    imfs = [total / trials]
+    residual = s - imfs[0]
     for _ in range(MAX_STAGES):
-        if _ceemdan_finished(s, imfs, settings.max_imf, kernels.is_trend):
+        if _ceemdan_finished(s, imfs, settings.max_imf):
             break
         k = len(imfs)
         if k >= keep and np.any(counts > k):
             raise RuntimeError(f"CEEMDAN needs noise mode {k + 1}, only {keep} kept")
         beta = settings.epsilon * np.std(residual)
-        mean = kernels.local_mean(residual, beta, modes, counts, k)
+        perturbed = np.repeat(residual[None, :], trials, axis=0)
+        has_mode = counts > k
+        if k < keep:
+            perturbed[has_mode] += beta * modes[has_mode, k]
+        # Local mean: the last EMD row (residue) of each perturbed residual.
+        last_rows, _ = emd_batch(perturbed, 1, 1, from_end=True)
+        mean = np.zeros(n)
+        for t in range(trials):
+            mean += last_rows[t, 0] / trials
         imfs.append(residual - mean)
         residual = mean.copy()
     return _with_residue(s, imfs) * scale
 
 
-def _ceemdan_finished(s: np.ndarray, imfs: list[np.ndarray], max_imf: int, is_trend) -> bool:
+def _ceemdan_finished(s: np.ndarray, imfs: list[np.ndarray], max_imf: int) -> bool:
     """CEEMDAN's end test: enough modes, or the residual is a trend, flat or powerless."""
     if 0 < max_imf <= len(imfs):
         return True
     rest = s - np.sum(np.array(imfs), axis=0)
-    if is_trend(rest):
+    _, count = emd_batch(rest[None, :], 1, 1)
+    if count[0] == 1:  # no IMF left in the residual
         return True
     if np.max(rest) - np.min(rest) < CEEMDAN_RANGE_THR:
         return True
