@@ -557,7 +557,9 @@ def emd(x: np.ndarray, max_imf: int) -> np.ndarray:
 
 
 @njit(**_JIT)
-def emd_rows(inputs: np.ndarray, max_imf: int, keep_rows: int, from_end: bool) -> tuple[np.ndarray, np.ndarray]:
+def emd_rows(
+    inputs: np.ndarray, max_imf: int, keep_rows: int, from_end: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """EMD of every row of ``inputs`` (the one compiled entry point for batches).
 
     Args:

@@ -26,8 +26,10 @@ References:
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -140,7 +142,7 @@ def emd_batch(
         parts = list(
             pool.map(
                 lambda ab: kernels.emd_rows(inputs[ab[0] : ab[1]], max_imf, keep_rows, from_end),
-                zip(bounds[:-1], bounds[1:], strict=True),
+                itertools.pairwise(bounds),
             )
         )
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -158,6 +160,15 @@ def noise_modes(noises: np.ndarray, keep_rows: int) -> tuple[np.ndarray, np.ndar
         k = min(int(counts[t]), keep_rows)
         modes[t, :k] = modes[t, :k] / np.std(modes[t, 0])
     return modes, counts
+
+
+def warm_up() -> float:
+    """Compile (first run on a machine, about 20 s) or load the cached kernels; seconds taken."""
+    from forecasting import _emd_kernels as kernels
+
+    started = time.perf_counter()
+    kernels.emd_rows(np.sin(np.arange(32.0) / 3.0)[None, :], 1, 1, False)
+    return time.perf_counter() - started
 
 
 def _keep_rows(n: int, max_imf: int) -> int:
@@ -244,7 +255,9 @@ def _pyemd_ceemdan(settings: CeemdanSettings, noise: np.ndarray | None):
     )
 
 
-def _ceemdan_pyemd(x: np.ndarray, settings: CeemdanSettings, noise: np.ndarray | None) -> np.ndarray:
+def _ceemdan_pyemd(
+    x: np.ndarray, settings: CeemdanSettings, noise: np.ndarray | None
+) -> np.ndarray:
     return _pyemd_ceemdan(settings, noise).ceemdan(x, max_imf=settings.max_imf)
 
 
@@ -284,7 +297,9 @@ def ceemdan(
         return _ceemdan_fast(x, settings, noise)
     if backend == "pyemd":
         return _ceemdan_pyemd(x, settings, noise)
-    raise BadInputError(f"CEEMDAN backend: unknown {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise BadInputError(
+        f"CEEMDAN backend: unknown {backend!r}; choose one of {', '.join(BACKENDS)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -386,7 +401,8 @@ def decompose(
     missing = int(np.count_nonzero(~np.isfinite(values)))
     if missing:
         raise BadInputError(
-            f"{name}: window ending {cutoff.isoformat()} has {missing} missing points; clean it first"
+            f"{name}: window ending {cutoff.isoformat()} has {missing} missing points; "
+            "clean it first"
         )
     settings = CeemdanSettings(trials=trials, epsilon=epsilon, seed=seed, max_imf=n_imfs)
     if np.std(values) == 0:

@@ -45,10 +45,14 @@ def decompose(
     ] = None,
     window: Annotated[int, typer.Option(help="Window length in steps.")] = 1440,
     step: Annotated[str, typer.Option(help="Resample to this step (mean), e.g. 1min.")] = "1min",
-    imfs: Annotated[int, typer.Option(help="K: IMFs returned (lower rows merge into residue).")] = 8,
+    imfs: Annotated[
+        int, typer.Option(help="K: IMFs returned (lower rows merge into residue).")
+    ] = 8,
     trials: Annotated[int, typer.Option(help="CEEMDAN noise realisations.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the noise realisations.")] = 0,
-    backend: Annotated[str, typer.Option(help="fast | pyemd (EMD-signal, the reference).")] = "fast",
+    backend: Annotated[
+        str, typer.Option(help="fast | pyemd (EMD-signal, the reference).")
+    ] = "fast",
     max_gap: Annotated[
         int, typer.Option(help="Longest run of missing steps filled; longer is refused.")
     ] = 60,
@@ -82,7 +86,9 @@ def decompose(
     table.add_column("share of variance", justify="right")
     table.add_column("mean period", justify="right")
     for row in result.component_stats():
-        table.add_row(row["name"], f"{row['std_rps']:.3f}", f"{row['variance_share']:.1%}", row["period"])
+        table.add_row(
+            row["name"], f"{row['std_rps']:.3f}", f"{row['variance_share']:.1%}", row["period"]
+        )
     console.print(table)
     console.print(
         f"backend {result.backend}, {trials} trials, seed {seed}: {summary['seconds']:.3f} s; "

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from forecasting.cleaning import clean_window
-from forecasting.decomposition import BACKENDS, Decomposition, decompose
+from forecasting.decomposition import BACKENDS, Decomposition, decompose, warm_up
 from forecasting.errors import BadInputError
 from surgecast.sources import DEFAULT_TRACE, bundled_trace, load_rps_csv
 
@@ -94,8 +94,11 @@ class DecompositionResult:
             values = comps[name].to_numpy()
             centred = values - values.mean() if name == "residue" else values
             crossings = int(np.count_nonzero(centred[:-1] * centred[1:] < 0))
-            if name == "residue" or crossings < 2:
-                period = "trend" if name == "residue" else "-"
+            if name == "residue":
+                merged = self.decomposition.imfs_found > self.decomposition.n_imfs
+                period = "trend + lower IMFs" if merged else "trend"
+            elif crossings < 2:
+                period = "-"
             else:
                 period = _duration(2 * len(values) / crossings * step_s)
             rows.append(
@@ -138,6 +141,8 @@ def decompose_trace(
     cleaned = clean_window(
         rps, end=end, window_steps=window, max_gap_steps=max_gap_steps, source=str(path)
     )
+    if backend == "fast":
+        warm_up()  # compiling the kernels is not part of the decomposition's time
     started = time.perf_counter()
     dec = decompose(
         cleaned.rps, window=window, n_imfs=n_imfs, trials=trials, seed=seed, backend=backend
