@@ -56,8 +56,10 @@ def test_decompose_resamples_the_azure_trace(tmp_path: Path) -> None:
     summary = tmp_path / "azure.json"
     result = runner.invoke(
         app,
-        ["decompose", "azure_llm_code_2024_10s.csv", "--window", "720", "--trials", "8"]
-        + ["--backend", "pyemd", "--json", str(summary)],
+        [
+            *["decompose", "azure_llm_code_2024_10s.csv", "--window", "720", "--trials", "8"],
+            *["--backend", "pyemd", "--json", str(summary)],
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(summary.read_text())
