@@ -1,0 +1,546 @@
+"""Forecasters: the leak-free CEEMDAN hybrid and the baselines, with conformal quantiles.
+
+Every model follows one protocol: ``fit(history)`` learns from an RPS history (everything it is
+given lies before the origin of any forecast it will make), ``forecast(history, cutoff)`` reads
+only the points up to ``cutoff`` and returns a :class:`Forecast`: a mean over the horizon and the
+quantiles 0.5, 0.9, 0.95, 0.99 (non-crossing, >= 0).
+
+Quantiles are split-conformal per horizon step: ``fit`` first trains on the history minus its
+last ``calibration_days``, forecasts every origin of that held-out span, keeps the residuals
+(divided by the local level at the origin, since the error grows with the load), then trains
+again on the whole history. A forecast adds the residual quantiles, scaled by the current level,
+to its mean. Only past residuals are used, so the quantiles are leak-free too.
+
+A model that fails to fit or predict answers with the seasonal naive forecast, and the Forecast
+says so in ``fallback``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from forecasting.errors import BadInputError
+
+QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
+DEFAULT_HORIZON = 15
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A forecast made at ``cutoff`` (DESIGN section 2).
+
+    Attributes:
+        cutoff: last observation used; nothing later was read.
+        step: spacing of the horizon.
+        mean: mean forecast (rps), indexed by target time cutoff + h*step, h = 1..H.
+        quantiles: quantile forecasts (rps), same index, columns = probabilities; non-crossing,
+            >= 0.
+        model: name of the model that made it.
+        fallback: why the seasonal naive forecast answered instead of ``model``, or None.
+    """
+
+    cutoff: pd.Timestamp
+    step: pd.Timedelta
+    mean: pd.Series
+    quantiles: pd.DataFrame
+    model: str
+    fallback: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "cutoff": _iso(self.cutoff),
+            "step_s": self.step.total_seconds(),
+            "fallback": self.fallback,
+            "ds": [_iso(t) for t in self.mean.index],
+            "mean": [float(v) for v in self.mean],
+            "quantiles": {
+                str(q): [float(v) for v in self.quantiles[q]] for q in self.quantiles.columns
+            },
+        }
+
+
+def _iso(ts: pd.Timestamp) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------------------------
+# history handling
+
+
+def steps_per_day(step: pd.Timedelta) -> int:
+    return int(round(pd.Timedelta(days=1) / step))
+
+
+def causal_fill(values: np.ndarray) -> np.ndarray:
+    """Fill NaN from the past side only where needed: interior runs linearly, a leading run with
+    the first value, a trailing run with the last (all values given are before the origin)."""
+    values = np.asarray(values, dtype=np.float64)
+    missing = ~np.isfinite(values)
+    if not missing.any():
+        return values
+    if missing.all():
+        raise BadInputError("rps: no data in the history (all missing)")
+    idx = np.arange(values.size)
+    return np.interp(idx, idx[~missing], values[~missing])
+
+
+def _step_of(history: pd.Series) -> pd.Timedelta:
+    if len(history.index) < 2:
+        raise BadInputError(f"{history.name or 'rps'}: need at least 2 points")
+    step = history.index[1] - history.index[0]
+    if step <= pd.Timedelta(0):
+        raise BadInputError(f"{history.name or 'rps'}: timestamps must increase")
+    return step
+
+
+def _check_history(history: pd.Series) -> None:
+    if not isinstance(history.index, pd.DatetimeIndex) or history.index.tz is None:
+        raise BadInputError(f"{history.name or 'rps'}: index must be a tz-aware DatetimeIndex")
+    if history.empty:
+        raise BadInputError(f"{history.name or 'rps'}: empty history")
+
+
+# --------------------------------------------------------------------------------------------
+# the model protocol
+
+
+@dataclass
+class Forecaster(ABC):
+    """Base class: public ``fit``/``forecast`` check and calibrate; ``_fit``/``_predict`` work.
+
+    Attributes:
+        horizon: forecast steps.
+        calibration_days: held-out span at the end of the history for conformal residuals.
+        calibration_every: steps between calibration origins.
+        seed: seed of everything stochastic.
+    """
+
+    horizon: int = DEFAULT_HORIZON
+    calibration_days: float = 1.0
+    calibration_every: int = 10
+    seed: int = 0
+    name: str = field(default="model", init=False)
+
+    # fitted state
+    step_: pd.Timedelta | None = field(default=None, init=False, repr=False)
+    season_: int = field(default=1440, init=False, repr=False)
+    residuals_: np.ndarray | None = field(default=None, init=False, repr=False)
+    fit_error_: str | None = field(default=None, init=False, repr=False)
+
+    # ---- what subclasses provide
+    @property
+    def context_steps(self) -> int:
+        """Points before the cutoff that ``_predict`` reads."""
+        return self.season_ + 1
+
+    @property
+    def min_history_steps(self) -> int:
+        """Points a fit needs (training + calibration)."""
+        return self.season_ + self._calibration_steps() + self.horizon + 60
+
+    @abstractmethod
+    def _fit(self, values: np.ndarray, index: pd.DatetimeIndex) -> None:
+        """Learn from gap-filled ``values`` observed at ``index``."""
+
+    @abstractmethod
+    def _predict(self, values: np.ndarray, index: pd.DatetimeIndex) -> np.ndarray:
+        """Mean forecast for the ``horizon`` steps after ``index[-1]`` (rps)."""
+
+    # ---- public API
+    def fit(self, history: pd.Series) -> Forecaster:
+        """Fit on ``history`` (RPS contract; NaN gaps allowed) with conformal calibration."""
+        _check_history(history)
+        self.step_ = _step_of(history)
+        self.season_ = steps_per_day(self.step_)
+        values = causal_fill(history.to_numpy(dtype=np.float64))
+        if values.size < self.min_history_steps:
+            raise BadInputError(
+                f"{history.name or 'rps'}: history too short for {self.name}: need "
+                f"{self.min_history_steps} points, have {values.size}"
+            )
+        index = history.index
+        self.fit_error_ = None
+        cal = self._calibration_steps()
+        try:
+            self._fit(values[:-cal], index[:-cal])
+            self.residuals_ = self._calibration_residuals(values, index, cal)
+            self._fit(values, index)
+        except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as exc:
+            self.fit_error_ = f"{type(exc).__name__}: {exc}"
+            self.residuals_ = _SeasonalNaiveCore(self.season_, self.horizon).residuals(
+                values, cal, self.calibration_every
+            )
+        return self
+
+    def forecast(self, history: pd.Series, cutoff: pd.Timestamp | None = None) -> Forecast:
+        """Forecast the ``horizon`` steps after ``cutoff`` (default: the last point)."""
+        if self.step_ is None or self.residuals_ is None:
+            raise RuntimeError(f"{self.name}: call fit() before forecast()")
+        _check_history(history)
+        if cutoff is not None:
+            history = history.loc[:cutoff]  # read nothing after the cutoff
+        need = max(self.context_steps, self.season_ + 1)
+        if len(history) < need:
+            raise BadInputError(
+                f"{history.name or 'rps'}: {self.name} needs {need} points up to the cutoff, "
+                f"have {len(history)}"
+            )
+        recent = history.iloc[-need:]
+        values = causal_fill(recent.to_numpy(dtype=np.float64))
+        fallback = self.fit_error_
+        mean = None
+        if fallback is None:
+            try:
+                mean = np.asarray(
+                    self._predict(values[-self.context_steps :], recent.index[-self.context_steps :]),
+                    dtype=np.float64,
+                )
+                if mean.shape != (self.horizon,) or not np.all(np.isfinite(mean)):
+                    raise ValueError("non-finite or misshaped forecast")
+            except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as exc:
+                fallback = f"{type(exc).__name__}: {exc}"
+        if fallback is not None:
+            mean = _SeasonalNaiveCore(self.season_, self.horizon).predict(values)
+        mean = np.maximum(mean, 0.0)
+        quantiles = self._quantiles(mean, values)
+        target = recent.index[-1] + self.step_ * np.arange(1, self.horizon + 1)
+        return Forecast(
+            cutoff=recent.index[-1],
+            step=self.step_,
+            mean=pd.Series(mean, index=target, name="rps"),
+            quantiles=pd.DataFrame(quantiles, index=target, columns=list(QUANTILES)),
+            model=self.name,
+            fallback=None if fallback is None else f"seasonal naive answered: {fallback}",
+        )
+
+    # ---- conformal machinery
+    def _calibration_steps(self) -> int:
+        return max(self.calibration_every * 12, int(round(self.calibration_days * self.season_)))
+
+    def _calibration_residuals(self, values: np.ndarray, index: pd.DatetimeIndex, cal: int):
+        """Scaled out-of-sample residuals (origins x horizon) over the last ``cal`` points."""
+        n = values.size
+        rows = []
+        for origin in range(n - cal, n - self.horizon, self.calibration_every):
+            ctx = slice(origin + 1 - self.context_steps, origin + 1)
+            pred = self._predict(values[ctx], index[ctx])
+            actual = values[origin + 1 : origin + 1 + self.horizon]
+            rows.append((actual - pred) / _level(values[: origin + 1]))
+        return np.array(rows)
+
+    def _quantiles(self, mean: np.ndarray, values: np.ndarray) -> np.ndarray:
+        level = _level(values)
+        res = self.residuals_
+        out = np.empty((self.horizon, len(QUANTILES)))
+        n = res.shape[0]
+        for j, q in enumerate(QUANTILES):
+            # Finite-sample conformal rank ceil((n+1) q) / n, capped at the largest residual.
+            rank = min(1.0, math.ceil((n + 1) * q) / n)
+            out[:, j] = mean + level * np.quantile(res, rank, axis=0, method="higher")
+        out = np.maximum(out, 0.0)
+        return np.maximum.accumulate(out, axis=1)
+
+
+def _level(values: np.ndarray) -> float:
+    """Local load level that scales residuals: mean of the last hour, floored."""
+    recent = values[-60:]
+    return max(float(np.mean(recent)), 1e-3 * max(float(np.mean(values)), 1e-9), 1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# baselines
+
+
+class _SeasonalNaiveCore:
+    def __init__(self, season: int, horizon: int) -> None:
+        self.season = season
+        self.horizon = horizon
+
+    def predict(self, values: np.ndarray) -> np.ndarray:
+        n = values.size
+        h = np.arange(1, self.horizon + 1)
+        idx = n - 1 + h - self.season
+        if idx[0] < 0:
+            return np.full(self.horizon, values[-1])
+        return values[idx]
+
+    def residuals(self, values: np.ndarray, cal: int, every: int) -> np.ndarray:
+        n = values.size
+        rows = []
+        for origin in range(n - cal, n - self.horizon, every):
+            past = values[: origin + 1]
+            actual = values[origin + 1 : origin + 1 + self.horizon]
+            rows.append((actual - self.predict(past)) / _level(past))
+        return np.array(rows)
+
+
+@dataclass
+class Naive(Forecaster):
+    """Last value, for every step."""
+
+    def __post_init__(self) -> None:
+        self.name = "naive"
+
+    @property
+    def context_steps(self) -> int:
+        return 61
+
+    def _fit(self, values, index) -> None:
+        return None
+
+    def _predict(self, values, index) -> np.ndarray:
+        return np.full(self.horizon, values[-1])
+
+
+@dataclass
+class SeasonalNaive(Forecaster):
+    """The value one season (one day) before each target."""
+
+    def __post_init__(self) -> None:
+        self.name = "seasonal_naive"
+
+    def _fit(self, values, index) -> None:
+        return None
+
+    def _predict(self, values, index) -> np.ndarray:
+        return _SeasonalNaiveCore(self.season_, self.horizon).predict(values)
+
+
+@dataclass
+class ExponentialSmoothing(Forecaster):
+    """statsmodels Holt's damped-trend exponential smoothing.
+
+    ``fit`` estimates the smoothing parameters on the last ``fit_days`` of history; a forecast
+    runs the smoother with those parameters over the last ``context`` points (no optimisation at
+    forecast time, so the live pipeline can forecast every few minutes).
+    """
+
+    fit_days: float = 1.0
+    context: int = 240
+
+    def __post_init__(self) -> None:
+        self.name = "ets"
+        self.params_: dict | None = None
+
+    @property
+    def context_steps(self) -> int:
+        return self.context
+
+    def _fit(self, values, index) -> None:
+        from statsmodels.tsa.holtwinters import Holt
+
+        span = values[-int(self.fit_days * self.season_) :]
+        res = Holt(span, damped_trend=True, initialization_method="estimated").fit()
+        p = res.params
+        self.params_ = {
+            "smoothing_level": float(p["smoothing_level"]),
+            "smoothing_trend": float(p["smoothing_trend"]),
+            "damping_trend": float(p["damping_trend"]),
+        }
+
+    def _predict(self, values, index) -> np.ndarray:
+        return _holt_forecast(values, self.horizon, **self.params_)
+
+
+def _holt_forecast(
+    values: np.ndarray,
+    horizon: int,
+    smoothing_level: float,
+    smoothing_trend: float,
+    damping_trend: float,
+) -> np.ndarray:
+    from statsmodels.tsa.holtwinters import Holt
+
+    model = Holt(values, damped_trend=True, initialization_method="heuristic")
+    res = model.fit(
+        smoothing_level=smoothing_level,
+        smoothing_trend=smoothing_trend,
+        damping_trend=damping_trend,
+        optimized=False,
+    )
+    return np.asarray(res.forecast(horizon), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# LightGBM direct multi-horizon models
+
+
+LAGS = (1, 2, 3, 5, 10, 15, 30, 60)
+
+
+def _calendar(origin: pd.Timestamp, step: pd.Timedelta, horizon: int) -> np.ndarray:
+    """Minute of the hour, hour of the day and day of the week of each target (rows h)."""
+    seconds = origin.value // 10**9 + step.total_seconds() * np.arange(1, horizon + 1)
+    minute = (seconds // 60) % 60
+    hour = (seconds // 3600) % 24
+    dow = (seconds // 86400 + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    return np.column_stack([minute, hour, dow]).astype(np.float64)
+
+
+def _raw_features(values: np.ndarray, origin: int, season: int, horizon: int) -> np.ndarray:
+    """Features at one origin for every step h (rows h = 1..H), relative to the last value."""
+    last = values[origin]
+    lag_diffs = [last - values[origin - lag] for lag in LAGS]
+    recent = values[origin - 14 : origin + 1]
+    base = [last, float(np.std(recent)), float(np.max(recent)) - last] + lag_diffs
+    h = np.arange(1, horizon + 1)
+    seasonal_target = values[origin + h - season] - last
+    seasonal_origin = np.full(horizon, values[origin - season] - last)
+    return np.column_stack(
+        [np.tile(base, (horizon, 1)), h, seasonal_target, seasonal_origin]
+    ).astype(np.float64)
+
+
+@dataclass
+class _DirectLightGBM(Forecaster):
+    """A direct multi-horizon LightGBM on the change from the last value (h is a feature)."""
+
+    train_days: float = 7.0
+    train_every: int = 5
+    n_estimators: int = 300
+
+    @property
+    def context_steps(self) -> int:
+        return self.season_ + 1
+
+    def _origin_features(self, values, index, origin) -> np.ndarray:
+        feats = _raw_features(values, origin, self.season_, self.horizon)
+        return np.column_stack([feats, _calendar(index[origin], self.step_, self.horizon)])
+
+    def _training_origins(self, n: int) -> range:
+        first = max(self.season_ + 60, n - int(self.train_days * self.season_))
+        return range(first, n - self.horizon, self.train_every)
+
+    def _fit(self, values, index) -> None:
+        import lightgbm as lgb
+
+        xs, ys = [], []
+        for origin in self._training_origins(values.size):
+            xs.append(self._origin_features(values, index, origin))
+            ys.append(values[origin + 1 : origin + 1 + self.horizon] - values[origin])
+        if not xs:
+            raise ValueError("no training samples")
+        params = {
+            "objective": "regression",
+            "learning_rate": 0.05,
+            "num_leaves": 31,
+            "min_data_in_leaf": 20,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "feature_fraction": 0.8,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": 1,
+            "verbose": -1,
+        }
+        data = lgb.Dataset(np.vstack(xs), np.concatenate(ys), params={"verbose": -1})
+        self.model_ = lgb.train(params, data, num_boost_round=self.n_estimators)
+
+    def _predict(self, values, index) -> np.ndarray:
+        x = self._origin_features(values, index, values.size - 1)
+        return values[-1] + self.model_.predict(x)
+
+
+@dataclass
+class LightGBMLags(_DirectLightGBM):
+    """LightGBM on raw lags and calendar features, without decomposition (a baseline)."""
+
+    def __post_init__(self) -> None:
+        self.name = "lgbm_lags"
+
+
+@dataclass
+class CeemdanHybrid(_DirectLightGBM):
+    """The CEEMDAN hybrid (TempoScale's idea, leak-free).
+
+    At every origin, training and forecasting alike, the trailing ``window`` points are
+    decomposed with CEEMDAN into K IMFs + residue, so the model learns from components with the
+    same end effects it sees live. Components are split by a fixed rule: a component whose mean
+    period (from its zero crossings) exceeds twice the horizon completes less than half an
+    oscillation before the last target, so a local damped-trend model (statsmodels Holt)
+    extrapolates it; faster components oscillate within the horizon and are forecast by the
+    learned model from their end values. A direct multi-horizon LightGBM fuses the smooth
+    components' forecasts, the fast components' end values, raw lags and calendar features.
+    """
+
+    window: int = 720
+    n_imfs: int = 6
+    trials: int = 20
+    train_every: int = 10
+    train_days: float = 5.0
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = "hybrid"
+
+    @property
+    def context_steps(self) -> int:
+        return max(self.season_ + 1, self.window)
+
+    def _origin_features(self, values, index, origin) -> np.ndarray:
+        raw = super()._origin_features(values, index, origin)
+        window = values[origin + 1 - self.window : origin + 1]
+        key = (index[origin], hash(window.tobytes()))
+        comp = self._cache.get(key)
+        if comp is None:
+            comp = self._component_features(window)
+            if len(self._cache) > 20000:
+                self._cache.clear()
+            self._cache[key] = comp
+        return np.column_stack([raw, comp])
+
+    def _component_features(self, window: np.ndarray) -> np.ndarray:
+        from forecasting.decomposition import CeemdanSettings, ceemdan, fixed_imfs
+
+        if np.std(window) == 0:
+            rows = np.vstack((np.zeros((self.n_imfs, window.size)), window))
+        else:
+            cfg = CeemdanSettings(trials=self.trials, seed=self.seed, max_imf=self.n_imfs)
+            rows = fixed_imfs(ceemdan(window, cfg), self.n_imfs)
+        cols = []
+        for comp in rows:
+            end = comp[-1]
+            period = _mean_period(comp)
+            smooth = period > 2 * self.horizon
+            if smooth:
+                fc = _holt_forecast(comp[-120:], self.horizon, 0.5, 0.3, 0.9) - end
+            else:
+                fc = np.zeros(self.horizon)
+            static = [end, end - comp[-2], end - comp[-4], float(np.std(comp[-60:]))]
+            cols.append(np.tile(static, (self.horizon, 1)))
+            cols.append(fc[:, None])
+        return np.hstack(cols)
+
+
+def _mean_period(comp: np.ndarray) -> float:
+    centred = comp - comp.mean()
+    crossings = int(np.count_nonzero(centred[:-1] * centred[1:] < 0))
+    return math.inf if crossings < 2 else 2.0 * comp.size / crossings
+
+
+MODELS: dict[str, type[Forecaster]] = {
+    "naive": Naive,
+    "seasonal_naive": SeasonalNaive,
+    "ets": ExponentialSmoothing,
+    "lgbm_lags": LightGBMLags,
+    "hybrid": CeemdanHybrid,
+}
+BASELINES: tuple[str, ...] = ("naive", "seasonal_naive", "ets", "lgbm_lags")
+
+
+def make_model(name: str, **kwargs) -> Forecaster:
+    """A fresh, unfitted model by registered name."""
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise BadInputError(
+            f"model: unknown {name!r}; choose from {', '.join(MODELS)}"
+        ) from None
+    return cls(**kwargs)
