@@ -16,6 +16,8 @@ import pandas as pd
 from forecasting.errors import BadInputError
 from forecasting.models import QUANTILES, Forecaster, make_model
 
+ONE_DAY = pd.Timedelta(days=1)
+
 
 @dataclass
 class Evaluation:
@@ -50,7 +52,7 @@ def rolling_origin(
     test_start: pd.Timestamp,
     test_end: pd.Timestamp,
     every: int = 5,
-    refit_every: pd.Timedelta = pd.Timedelta(days=1),
+    refit_every: pd.Timedelta = ONE_DAY,
     horizon: int = 15,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,

@@ -108,5 +108,113 @@ def decompose(
         console.print(f"summary: {json_out}")
 
 
+@app.command("forecast-report")
+def forecast_report_cmd(
+    trace: Annotated[
+        str | None, typer.Argument(help="timestamp,rps CSV file, or a bundled trace name.")
+    ] = None,
+    step: Annotated[str, typer.Option(help="Resample to this step (mean).")] = "1min",
+    horizon: Annotated[int, typer.Option(help="Forecast steps.")] = 15,
+    test_days: Annotated[float, typer.Option(help="Days at the end of the trace to test.")] = 2.0,
+    every: Annotated[int, typer.Option(help="Steps between forecast origins.")] = 5,
+    refit_days: Annotated[float, typer.Option(help="Refit cadence (days).")] = 1.0,
+    models: Annotated[str, typer.Option(help="Comma-separated models, or 'all'.")] = "all",
+    seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/forecast-report"),
+) -> None:
+    """Rolling-origin accuracy report of the hybrid and every baseline."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from forecasting.models import MODELS
+    from surgecast.stages import forecast_report
+
+    names = list(MODELS) if models == "all" else [m.strip() for m in models.split(",") if m]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise _fail(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} origins"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("rolling-origin forecasts", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            result = forecast_report(
+                trace,
+                step=step,
+                horizon=horizon,
+                test_days=test_days,
+                every=every,
+                refit_days=refit_days,
+                models=names,
+                seed=seed,
+                out=out,
+                progress=progress,
+            )
+        except BadInputError as exc:
+            raise _fail(str(exc)) from None
+    table = Table(title=f"{result.origins} origins, horizon {horizon} x {step}")
+    for col in ("model", "MAE", "MASE", "pinball q0.95", "coverage q0.95", "under q0.95"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in result.metrics.items():
+        mark = " (selected)" if name == result.selected else ""
+        table.add_row(
+            name + mark,
+            f"{m['mae']:.3f}",
+            f"{m['mase']:.3f}",
+            f"{m['pinball']['0.95']:.3f}",
+            f"{m['coverage']['0.95']:.3f}",
+            f"{m['under_rate_q95']:.3f}",
+        )
+    console.print(table)
+    console.print(
+        f"{result.seconds:.0f} s; report: {result.report_html}; metrics: {result.metrics_json}"
+    )
+
+
+@app.command()
+def forecast(
+    trace: Annotated[
+        str | None, typer.Argument(help="timestamp,rps CSV file, or a bundled trace name.")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Cutoff (ISO 8601, UTC). Default: the end of the trace.")
+    ] = None,
+    step: Annotated[str, typer.Option(help="Resample to this step (mean).")] = "1min",
+    horizon: Annotated[int, typer.Option(help="Forecast steps.")] = 15,
+    model: Annotated[str, typer.Option(help="Model name.")] = "hybrid",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write it as JSON here.")] = None,
+) -> None:
+    """Fit a model on the history before --at and print its forecast with quantiles."""
+    from surgecast.stages import forecast_at
+
+    try:
+        fc = forecast_at(trace, at=at, step=step, horizon=horizon, model=model, seed=seed)
+    except BadInputError as exc:
+        raise _fail(str(exc)) from None
+    title = f"{fc.model} forecast at {fc.cutoff.strftime('%Y-%m-%dT%H:%M:%SZ')} (rps)"
+    table = Table(title=title)
+    for col in ("time (UTC)", "mean", *(f"q{q}" for q in fc.quantiles.columns)):
+        table.add_column(col, justify="right")
+    for ts, mean in fc.mean.items():
+        qs = [f"{fc.quantiles.loc[ts, q]:.2f}" for q in fc.quantiles.columns]
+        table.add_row(ts.strftime("%Y-%m-%d %H:%M"), f"{mean:.2f}", *qs)
+    console.print(table)
+    if fc.fallback:
+        console.print(f"[yellow]fallback:[/] {fc.fallback}", highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(fc.to_dict(), indent=2) + "\n")
+        console.print(f"forecast: {json_out}")
+
+
 def run() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

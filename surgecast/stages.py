@@ -156,3 +156,133 @@ def decompose_trace(
         filled_points=cleaned.filled_points,
         seconds=seconds,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# forecasting
+
+
+@dataclass(frozen=True)
+class ForecastReport:
+    """What ``surgecast forecast-report`` wrote and measured."""
+
+    report_html: Path
+    metrics_json: Path
+    selected: str
+    metrics: dict
+    origins: int
+    seconds: float
+
+
+def forecast_report(
+    trace: str | Path | None,
+    *,
+    step: str = "1min",
+    horizon: int = 15,
+    test_days: float = 2.0,
+    every: int = 5,
+    refit_days: float = 1.0,
+    models: list[str] | None = None,
+    seed: int = 0,
+    out: Path = Path("out/forecast-report"),
+    progress=None,
+) -> ForecastReport:
+    """Rolling-origin evaluation of every model over the last ``test_days`` of a trace."""
+    from forecasting.evaluation import rolling_origin, select_model
+    from forecasting.metrics import model_metrics, seasonal_naive_scale
+    from forecasting.models import MODELS, steps_per_day
+    from surgecast.report import write_forecast_report
+
+    names = list(models or MODELS)
+    path = resolve_trace(trace)
+    rps = load_rps_csv(path, step=step)
+    step_td = rps.index[1] - rps.index[0]
+    if horizon < 1 or every < 1 or test_days <= 0:
+        raise BadInputError("--horizon, --every and --test-days must be positive")
+    test_end = rps.index[-1] - step_td * horizon
+    test_start = test_end - pd.Timedelta(days=test_days) + step_td
+    if test_start <= rps.index[0] + pd.Timedelta(days=3):
+        raise BadInputError(
+            f"{path}: too short for a {test_days}-day test span: need at least 3 days of "
+            f"history before it, the trace spans {rps.index[-1] - rps.index[0]}"
+        )
+    warm_up()
+    started = time.perf_counter()
+    evaluation = rolling_origin(
+        rps,
+        names,
+        test_start=test_start,
+        test_end=test_end,
+        every=every,
+        refit_every=pd.Timedelta(days=refit_days),
+        horizon=horizon,
+        seed=seed,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - started
+    season = steps_per_day(step_td)
+    scale = seasonal_naive_scale(rps.loc[: test_start - step_td], season)
+    metrics = model_metrics(evaluation.frame, names, scale)
+    selected, reason = select_model(evaluation.calibration_mae)
+    settings = {
+        "step": step,
+        "horizon_steps": horizon,
+        "test_days": test_days,
+        "origin_every_steps": every,
+        "refit_every_days": refit_days,
+        "seed": seed,
+        "mase_scale_rps": scale,
+        "refits": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in evaluation.refits],
+        "seconds": round(seconds, 1),
+        "fit_errors": evaluation.fit_errors,
+    }
+    js, html = write_forecast_report(
+        out,
+        trace=str(path.name),
+        frame=evaluation.frame,
+        models=names,
+        metrics=metrics,
+        selected=selected,
+        selection_reason=reason,
+        settings=settings,
+        horizon=horizon,
+        fallbacks=evaluation.fallbacks,
+    )
+    return ForecastReport(
+        report_html=html,
+        metrics_json=js,
+        selected=selected,
+        metrics=metrics,
+        origins=int(evaluation.frame["cutoff"].nunique()),
+        seconds=seconds,
+    )
+
+
+def forecast_at(
+    trace: str | Path | None,
+    *,
+    at: str | None,
+    step: str = "1min",
+    horizon: int = 15,
+    model: str = "hybrid",
+    seed: int = 0,
+):
+    """Fit ``model`` on the history before ``at`` and forecast the next ``horizon`` steps."""
+    from forecasting.models import make_model
+
+    path = resolve_trace(trace)
+    rps = load_rps_csv(path, step=step)
+    cutoff = parse_utc(at, "--at") if at is not None else rps.index[-1]
+    if cutoff < rps.index[0] or cutoff > rps.index[-1]:
+        raise BadInputError(
+            f"--at: {cutoff.isoformat()} is outside {path} "
+            f"({rps.index[0].isoformat()} .. {rps.index[-1].isoformat()})"
+        )
+    past = rps.loc[:cutoff]
+    if not np.isfinite(past.to_numpy()).any():
+        raise BadInputError(f"{path}: no data up to {cutoff.isoformat()}")
+    fitted = make_model(model, horizon=horizon, seed=seed)
+    if model == "hybrid":
+        warm_up()
+    fitted.fit(past)
+    return fitted.forecast(past, cutoff=cutoff)
