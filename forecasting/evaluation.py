@@ -56,6 +56,7 @@ def rolling_origin(
     horizon: int = 15,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    model_kwargs: dict[str, dict] | None = None,
 ) -> Evaluation:
     """Forecast at origins ``test_start, test_start + every*step, ... <= test_end``.
 
@@ -68,6 +69,7 @@ def rolling_origin(
         horizon: steps per forecast.
         seed: seed of every model.
         progress: called with (origins done, origins total).
+        model_kwargs: per model name, extra settings for its constructor.
     """
     if history.empty:
         raise BadInputError(f"{history.name or 'rps'}: empty history")
@@ -78,7 +80,8 @@ def rolling_origin(
             f"{history.name or 'rps'}: no origin between {test_start} and {test_end}"
         )
     models: dict[str, Forecaster] = {
-        name: make_model(name, horizon=horizon, seed=seed) for name in model_names
+        name: make_model(name, horizon=horizon, seed=seed, **(model_kwargs or {}).get(name, {}))
+        for name in model_names
     }
     result = Evaluation(frame=pd.DataFrame(), models=list(model_names))
     result.fallbacks = dict.fromkeys(model_names, 0)

@@ -18,6 +18,7 @@ says so in ``fallback``.
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -142,7 +143,8 @@ class Forecaster(ABC):
     @property
     def min_history_steps(self) -> int:
         """Points a fit needs (training + calibration)."""
-        return self.season_ + self._calibration_steps() + self.horizon + 60
+        first = max(self.context_steps, self.season_ + 60)
+        return first + self._calibration_steps() + self.horizon + 60
 
     @abstractmethod
     def _fit(self, values: np.ndarray, index: pd.DatetimeIndex) -> None:
@@ -331,10 +333,14 @@ class ExponentialSmoothing(Forecaster):
         return self.context
 
     def _fit(self, values, index) -> None:
+        from statsmodels.tools.sm_exceptions import ConvergenceWarning
         from statsmodels.tsa.holtwinters import Holt
 
         span = values[-int(self.fit_days * self.season_) :]
-        res = Holt(span, damped_trend=True, initialization_method="estimated").fit()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = Holt(span, damped_trend=True, initialization_method="estimated").fit()
         p = res.params
         self.params_ = {
             "smoothing_level": float(p["smoothing_level"]),
@@ -355,14 +361,18 @@ def _holt_forecast(
 ) -> np.ndarray:
     from statsmodels.tsa.holtwinters import Holt
 
-    model = Holt(values, damped_trend=True, initialization_method="heuristic")
-    res = model.fit(
-        smoothing_level=smoothing_level,
-        smoothing_trend=smoothing_trend,
-        damping_trend=damping_trend,
-        optimized=False,
-    )
-    return np.asarray(res.forecast(horizon), dtype=np.float64)
+    with warnings.catch_warnings():
+        # A flat stretch (zero error sum) makes statsmodels warn while computing AIC/BIC,
+        # which a forecast does not use.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model = Holt(values, damped_trend=True, initialization_method="heuristic")
+        res = model.fit(
+            smoothing_level=smoothing_level,
+            smoothing_trend=smoothing_trend,
+            damping_trend=damping_trend,
+            optimized=False,
+        )
+        return np.asarray(res.forecast(horizon), dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,7 +422,7 @@ class _DirectLightGBM(Forecaster):
         return np.column_stack([feats, _calendar(index[origin], self.step_, self.horizon)])
 
     def _training_origins(self, n: int) -> range:
-        first = max(self.season_ + 60, n - int(self.train_days * self.season_))
+        first = max(self.context_steps, self.season_ + 60, n - int(self.train_days * self.season_))
         return range(first, n - self.horizon, self.train_every)
 
     def _fit(self, values, index) -> None:
@@ -476,6 +486,7 @@ class CeemdanHybrid(_DirectLightGBM):
     trials: int = 20
     train_every: int = 10
     train_days: float = 5.0
+    compact: bool = False
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -514,7 +525,10 @@ class CeemdanHybrid(_DirectLightGBM):
                 fc = _holt_forecast(comp[-120:], self.horizon, 0.5, 0.3, 0.9) - end
             else:
                 fc = np.zeros(self.horizon)
-            static = [end, end - comp[-2], end - comp[-4], float(np.std(comp[-60:]))]
+            if self.compact:
+                static = [end, float(np.std(comp[-60:]))]
+            else:
+                static = [end, end - comp[-2], end - comp[-4], float(np.std(comp[-60:]))]
             cols.append(np.tile(static, (self.horizon, 1)))
             cols.append(fc[:, None])
         return np.hstack(cols)
