@@ -468,36 +468,31 @@ class LightGBMLags(_DirectLightGBM):
 
 
 @dataclass
-class CeemdanHybrid(_DirectLightGBM):
-    """The CEEMDAN hybrid (TempoScale's idea, leak-free).
+class _ComponentLightGBM(_DirectLightGBM):
+    """Direct multi-horizon LightGBM on CEEMDAN components of the trailing window.
 
     At every origin, training and forecasting alike, the trailing ``window`` points are
     decomposed with CEEMDAN into K IMFs + residue, so the model learns from components with the
     same end effects it sees live. Components are split by a fixed rule: a component whose mean
     period (from its zero crossings) exceeds twice the horizon completes less than half an
     oscillation before the last target, so a local damped-trend model (statsmodels Holt)
-    extrapolates it; faster components oscillate within the horizon and are forecast by the
-    learned model from their end values. A direct multi-horizon LightGBM fuses the smooth
-    components' forecasts, the fast components' end values, raw lags and calendar features.
+    extrapolates it; faster components oscillate within the horizon and LightGBM forecasts them
+    from their end value and amplitude, with the calendar of the target.
     """
 
     window: int = 720
     n_imfs: int = 6
     trials: int = 20
-    train_every: int = 10
-    train_days: float = 5.0
-    compact: bool = False
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.name = "hybrid"
+        self.name = "components"
 
     @property
     def context_steps(self) -> int:
         return max(self.season_ + 1, self.window)
 
     def _origin_features(self, values, index, origin) -> np.ndarray:
-        raw = super()._origin_features(values, index, origin)
         window = values[origin + 1 - self.window : origin + 1]
         key = (index[origin], hash(window.tobytes()))
         comp = self._cache.get(key)
@@ -506,7 +501,9 @@ class CeemdanHybrid(_DirectLightGBM):
             if len(self._cache) > 20000:
                 self._cache.clear()
             self._cache[key] = comp
-        return np.column_stack([raw, comp])
+        h = np.arange(1, self.horizon + 1, dtype=np.float64)
+        calendar = _calendar(index[origin], self.step_, self.horizon)
+        return np.column_stack([h, calendar, np.full(self.horizon, values[origin]), comp])
 
     def _component_features(self, window: np.ndarray) -> np.ndarray:
         from forecasting.decomposition import CeemdanSettings, ceemdan, fixed_imfs
@@ -519,19 +516,97 @@ class CeemdanHybrid(_DirectLightGBM):
         cols = []
         for comp in rows:
             end = comp[-1]
-            period = _mean_period(comp)
-            smooth = period > 2 * self.horizon
-            if smooth:
+            if _mean_period(comp) > 2 * self.horizon:
                 fc = _holt_forecast(comp[-120:], self.horizon, 0.5, 0.3, 0.9) - end
             else:
                 fc = np.zeros(self.horizon)
-            if self.compact:
-                static = [end, float(np.std(comp[-60:]))]
-            else:
-                static = [end, end - comp[-2], end - comp[-4], float(np.std(comp[-60:]))]
-            cols.append(np.tile(static, (self.horizon, 1)))
+            cols.append(np.tile([end, float(np.std(comp[-60:]))], (self.horizon, 1)))
             cols.append(fc[:, None])
         return np.hstack(cols)
+
+
+@dataclass
+class CeemdanHybrid(Forecaster):
+    """The CEEMDAN hybrid (TempoScale's idea, done leak-free).
+
+    Two learners forecast every step of the horizon: one from the CEEMDAN components of the
+    trailing window (:class:`_ComponentLightGBM`), one from raw lags and calendar features (the
+    same learner as the ``lgbm_lags`` baseline). A learned combiner fuses them: per horizon step
+    a convex weight, chosen to minimise the absolute error on the last ``combiner_days`` of the
+    training span, which both learners did not see (they are trained before it, then refitted on
+    everything). When the components add nothing the weight goes to the raw learner, so the
+    hybrid does not pay for a decomposition that does not help on a service.
+    """
+
+    window: int = 720
+    n_imfs: int = 6
+    trials: int = 20
+    train_every: int = 5
+    train_days: float = 7.0
+    combiner_days: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.name = "hybrid"
+        self.weights_: np.ndarray | None = None
+        kwargs = {
+            "horizon": self.horizon,
+            "seed": self.seed,
+            "train_every": self.train_every,
+            "train_days": self.train_days,
+        }
+        self.raw_ = LightGBMLags(**kwargs)
+        self.comp_ = _ComponentLightGBM(
+            window=self.window, n_imfs=self.n_imfs, trials=self.trials, **kwargs
+        )
+
+    @property
+    def context_steps(self) -> int:
+        return max(self.season_ + 1, self.window)
+
+    @property
+    def min_history_steps(self) -> int:
+        return super().min_history_steps + self._combiner_steps()
+
+    def _combiner_steps(self) -> int:
+        return max(self.calibration_every * 12, round(self.combiner_days * self.season_))
+
+    def _learners(self) -> tuple[_DirectLightGBM, _DirectLightGBM]:
+        for learner in (self.raw_, self.comp_):
+            learner.step_ = self.step_
+            learner.season_ = self.season_
+        return self.raw_, self.comp_
+
+    def _fit(self, values, index) -> None:
+        raw, comp = self._learners()
+        split = values.size - self._combiner_steps()
+        raw._fit(values[:split], index[:split])
+        comp._fit(values[:split], index[:split])
+        preds_raw, preds_comp, actual = [], [], []
+        for origin in range(split, values.size - self.horizon, self.calibration_every):
+            ctx = slice(origin + 1 - self.context_steps, origin + 1)
+            preds_raw.append(raw._predict(values[ctx], index[ctx]))
+            preds_comp.append(comp._predict(values[ctx], index[ctx]))
+            actual.append(values[origin + 1 : origin + 1 + self.horizon])
+        self.weights_ = _convex_weights(
+            np.array(preds_comp), np.array(preds_raw), np.array(actual)
+        )
+        raw._fit(values, index)
+        comp._fit(values, index)
+
+    def _predict(self, values, index) -> np.ndarray:
+        raw, comp = self._learners()
+        w = self.weights_
+        return w * comp._predict(values, index) + (1.0 - w) * raw._predict(values, index)
+
+
+def _convex_weights(first: np.ndarray, second: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Per column (horizon step), the weight w in [0, 1] on ``first`` that minimises the mean
+    absolute error of ``w * first + (1 - w) * second`` (grid of 0.05)."""
+    grid = np.linspace(0.0, 1.0, 21)
+    errors = np.array(
+        [np.mean(np.abs(w * first + (1 - w) * second - actual), axis=0) for w in grid]
+    )
+    return grid[np.argmin(errors, axis=0)]
 
 
 def _mean_period(comp: np.ndarray) -> float:
