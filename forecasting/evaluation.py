@@ -31,6 +31,7 @@ class Evaluation:
         calibration_mae: per model, mean absolute calibration residual at the last refit before
             the first origin (scaled by level; out of sample, past only): the selection score.
         fit_errors: per model, the error of any failed fit.
+        hybrid_weights: the hybrid's combiner weight on its component learner at each refit.
     """
 
     frame: pd.DataFrame
@@ -39,6 +40,7 @@ class Evaluation:
     fallbacks: dict[str, int] = field(default_factory=dict)
     calibration_mae: dict[str, float] = field(default_factory=dict)
     fit_errors: dict[str, str] = field(default_factory=dict)
+    hybrid_weights: list[float] = field(default_factory=list)
 
 
 def quantile_column(model: str, q: float) -> str:
@@ -94,6 +96,8 @@ def rolling_origin(
                 model.fit(past)
                 if model.fit_error_:
                     result.fit_errors[name] = model.fit_error_
+                if name == "hybrid" and getattr(model, "weights_", None) is not None:
+                    result.hybrid_weights.append(float(model.weights_))
                 if last_refit is None:
                     result.calibration_mae[name] = float(np.mean(np.abs(model.residuals_)))
             result.refits.append(origin)

@@ -531,11 +531,12 @@ class CeemdanHybrid(Forecaster):
 
     Two learners forecast every step of the horizon: one from the CEEMDAN components of the
     trailing window (:class:`_ComponentLightGBM`), one from raw lags and calendar features (the
-    same learner as the ``lgbm_lags`` baseline). A learned combiner fuses them: per horizon step
-    a convex weight, chosen to minimise the absolute error on the last ``combiner_days`` of the
-    training span, which both learners did not see (they are trained before it, then refitted on
-    everything). When the components add nothing the weight goes to the raw learner, so the
-    hybrid does not pay for a decomposition that does not help on a service.
+    same learner as the ``lgbm_lags`` baseline). A learned combiner fuses them with one convex
+    weight, fitted to the absolute error on the last ``combiner_days`` of the training span,
+    which both learners did not see (they are trained before it, then refitted on everything).
+    The combiner is shrunk towards the raw learner: it takes the smallest weight whose error is
+    within ``combiner_tolerance`` of the best, so the components must earn their weight out of
+    sample; when they add nothing the hybrid answers like the raw learner.
     """
 
     window: int = 720
@@ -544,10 +545,11 @@ class CeemdanHybrid(Forecaster):
     train_every: int = 5
     train_days: float = 7.0
     combiner_days: float = 1.0
+    combiner_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         self.name = "hybrid"
-        self.weights_: np.ndarray | None = None
+        self.weights_: float | None = None
         kwargs = {
             "horizon": self.horizon,
             "seed": self.seed,
@@ -587,8 +589,8 @@ class CeemdanHybrid(Forecaster):
             preds_raw.append(raw._predict(values[ctx], index[ctx]))
             preds_comp.append(comp._predict(values[ctx], index[ctx]))
             actual.append(values[origin + 1 : origin + 1 + self.horizon])
-        self.weights_ = _convex_weights(
-            np.array(preds_comp), np.array(preds_raw), np.array(actual)
+        self.weights_ = _convex_weight(
+            np.array(preds_comp), np.array(preds_raw), np.array(actual), self.combiner_tolerance
         )
         raw._fit(values, index)
         comp._fit(values, index)
@@ -599,14 +601,14 @@ class CeemdanHybrid(Forecaster):
         return w * comp._predict(values, index) + (1.0 - w) * raw._predict(values, index)
 
 
-def _convex_weights(first: np.ndarray, second: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """Per column (horizon step), the weight w in [0, 1] on ``first`` that minimises the mean
-    absolute error of ``w * first + (1 - w) * second`` (grid of 0.05)."""
+def _convex_weight(
+    first: np.ndarray, second: np.ndarray, actual: np.ndarray, tolerance: float
+) -> float:
+    """The weight w in [0, 1] (grid of 0.05) on ``first`` for ``w * first + (1 - w) * second``:
+    the smallest whose mean absolute error is within ``tolerance`` (relative) of the best."""
     grid = np.linspace(0.0, 1.0, 21)
-    errors = np.array(
-        [np.mean(np.abs(w * first + (1 - w) * second - actual), axis=0) for w in grid]
-    )
-    return grid[np.argmin(errors, axis=0)]
+    errors = np.array([np.mean(np.abs(w * first + (1 - w) * second - actual)) for w in grid])
+    return float(grid[np.argmax(errors <= errors.min() * (1.0 + tolerance))])
 
 
 def _mean_period(comp: np.ndarray) -> float:

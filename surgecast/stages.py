@@ -235,6 +235,7 @@ def forecast_report(
         "refits": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in evaluation.refits],
         "seconds": round(seconds, 1),
         "fit_errors": evaluation.fit_errors,
+        "hybrid_component_weight_per_refit": evaluation.hybrid_weights,
     }
     js, html = write_forecast_report(
         out,

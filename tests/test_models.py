@@ -163,3 +163,20 @@ def test_causal_fill_uses_only_the_given_past() -> None:
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(BadInputError, match="unknown 'prophet'"):
         make_model("prophet")
+
+
+def test_combiner_weight_prefers_the_raw_learner_unless_components_earn_it() -> None:
+    from forecasting.models import _convex_weight
+
+    actual = np.arange(20.0).reshape(10, 2)
+    good = actual + 0.1
+    bad = actual + 5.0
+    assert _convex_weight(good, bad, actual, 0.01) == 1.0  # the components are much better
+    assert _convex_weight(bad, good, actual, 0.01) == 0.0  # they are much worse
+    # Nearly equal: the smallest weight within the tolerance wins (shrunk to the raw learner).
+    assert _convex_weight(actual + 1.0, actual + 1.005, actual, 0.01) == 0.0
+
+
+def test_hybrid_combiner_weight_is_fitted(series: pd.Series, fitted: dict) -> None:
+    weight = fitted["hybrid"].weights_
+    assert 0.0 <= weight <= 1.0
