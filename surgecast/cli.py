@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forecasting.errors import BadInputError
+from planner.errors import PlannerInputError
 
 app = typer.Typer(
     help="Workload forecasting and proactive scaling for ML inference services.",
@@ -214,6 +215,169 @@ def forecast(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(fc.to_dict(), indent=2) + "\n")
         console.print(f"forecast: {json_out}")
+
+
+@app.command()
+def plan(
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="Profile or pipeline file (.toml/.json), measurements (.csv: cores,batch,p99_ms)"
+            ", or a bundled name: resnet18, yolov5n, video."
+        ),
+    ],
+    slo_ms: Annotated[float, typer.Option(help="End-to-end latency SLO (ms, at p99).")],
+    rps: Annotated[
+        float | None,
+        typer.Option(help="Load to size for; with --forecast, the observed load."),
+    ] = None,
+    forecast_file: Annotated[
+        Path | None,
+        typer.Option("--forecast", help="Forecast JSON (surgecast forecast --json): plan ahead."),
+    ] = None,
+    replicas: Annotated[
+        str | None, typer.Option(help="Current replicas: N, or one per stage (N1,N2).")
+    ] = None,
+    cores: Annotated[
+        str | None, typer.Option(help="Current cores per replica (C or C1,C2).")
+    ] = None,
+    batch: Annotated[str | None, typer.Option(help="Current batch size (B or B1,B2).")] = None,
+    quantile: Annotated[float, typer.Option(help="Forecast quantile to size for.")] = 0.95,
+    cold_start_s: Annotated[float, typer.Option(help="New replica start-up time (s).")] = 30.0,
+    resize_s: Annotated[float, typer.Option(help="In-place resize time (s).")] = 2.0,
+    stabilisation_s: Annotated[
+        float, typer.Option(help="Time after a scale-up before a scale-in (s).")
+    ] = 300.0,
+    last_scale_up_at: Annotated[
+        str | None, typer.Option(help="When capacity was last raised (ISO 8601, UTC).")
+    ] = None,
+    min_replicas: Annotated[int, typer.Option(help="Lower bound on every stage.")] = 1,
+    max_replicas: Annotated[int | None, typer.Option(help="Upper bound on every stage.")] = None,
+    max_cores: Annotated[
+        int | None, typer.Option(help="CSV profile only: cores limit (default: largest measured).")
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="CSV profile only: batch limit (default: largest measured).")
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option(help="Service name (default: the profile's).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the Plan JSON here (with --forecast).")
+    ] = None,
+) -> None:
+    """Replicas x cores x batch for a load (the two DPs), or a timed plan for a forecast."""
+    from planner.policy import PolicySettings
+    from surgecast.planning import decide, load_profile, parse_counts, plan_from_forecast
+
+    try:
+        pipeline = load_profile(profile, max_cores=max_cores, max_batch=max_batch)
+        stages = len(pipeline.stages)
+        counts = [
+            parse_counts(value, stages, name)
+            for value, name in ((replicas, "--replicas"), (cores, "--cores"), (batch, "--batch"))
+        ]
+        if forecast_file is None:
+            if rps is None:
+                raise _fail("--rps: give the load to size for, or a --forecast file")
+            result = decide(
+                pipeline,
+                rps,
+                slo_ms,
+                replicas=counts[0],
+                cores=counts[1],
+                batch=counts[2],
+                max_replicas=max_replicas,
+            )
+            _print_decisions(pipeline, result, rps, slo_ms)
+            return
+        from surgecast.planning import read_forecast_json
+
+        settings = PolicySettings(
+            slo_ms=slo_ms,
+            cold_start_s=cold_start_s,
+            resize_s=resize_s,
+            stabilisation_s=stabilisation_s,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            quantile=quantile,
+        )
+        fc = read_forecast_json(forecast_file)
+        result_plan = plan_from_forecast(
+            service or pipeline.name,
+            pipeline,
+            fc,
+            settings,
+            observed_rps=rps,
+            replicas=counts[0],
+            cores=counts[1],
+            batch=counts[2],
+            last_scale_up_at=last_scale_up_at,
+        )
+    except (BadInputError, PlannerInputError) as exc:
+        raise _fail(str(exc)) from None
+    _print_plan(result_plan)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result_plan.to_dict(), indent=2) + "\n")
+        console.print(f"plan: {out}")
+
+
+def _print_decisions(pipeline, result, rps: float, slo_ms: float) -> None:
+    table = Table(title=f"{pipeline.name}: {rps:g} rps, SLO {slo_ms:g} ms")
+    for col in ("decision", "stage", "replicas", "cores", "batch", "latency ms", "capacity rps"):
+        table.add_column(col, justify="left" if col in ("decision", "stage") else "right")
+    rows = [("horizontal", result.horizontal), ("vertical", result.vertical)]
+    if result.current is not None:
+        rows.insert(0, ("current", result.current))
+    for label, decision in rows:
+        for i, (profile, config) in enumerate(zip(pipeline.stages, decision.stages, strict=True)):
+            capacity = config.replicas * float(profile.throughput_rps(config.batch, config.cores))
+            table.add_row(
+                label if i == 0 else "",
+                profile.name,
+                str(config.replicas),
+                str(config.cores),
+                str(config.batch),
+                f"{decision.stage_latency_ms[i]:.1f}",
+                f"{capacity:.1f}",
+            )
+    console.print(table)
+    for label, decision in rows:
+        status = "meets the SLO" if decision.feasible else "[bold red]INFEASIBLE[/]"
+        line = (
+            f"{label}: {decision.cost_cores} cores, {decision.latency_ms:.1f} ms end to end, "
+            f"carries {decision.capacity_rps:.1f} rps (sized for {decision.target_rps:.1f}); "
+            f"bound by {decision.binding}; {status}"
+        )
+        if decision.detail:
+            line += f" ({decision.detail})"
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _print_plan(plan) -> None:
+    title = (
+        f"plan for {plan.service} at {plan.cutoff.strftime('%Y-%m-%dT%H:%M:%SZ')} "
+        f"(q{plan.quantile:g}, SLO {plan.slo_ms:g} ms)"
+    )
+    table = Table(title=title)
+    for col in ("apply", "effective", "kind", "replicas", "cores", "batch", "p99 ms", "rps"):
+        table.add_column(col, justify="left" if col == "kind" else "right", no_wrap=True)
+    for step in plan.steps:
+        mark = "" if step.feasible else " (!)"
+        table.add_row(
+            step.apply_at.strftime("%H:%M:%S"),
+            step.effective_at.strftime("%H:%M:%S"),
+            step.kind + mark,
+            ",".join(map(str, step.replicas)),
+            ",".join(map(str, step.cores)),
+            ",".join(map(str, step.batch)),
+            f"{step.expected_latency_ms:.1f}",
+            f"{step.capacity_rps:.1f}",
+        )
+    console.print(table)
+    for i, step in enumerate(plan.steps, start=1):
+        console.print(f"{i}. {step.reason}", highlight=False, soft_wrap=True)
 
 
 def run() -> None:  # pragma: no cover - console entry point
