@@ -365,6 +365,7 @@ def run_backtest(
             n_stages,
             forecasts,
         )
+        initial = [within_bounds(shape, bounds).config for shape in initial]
         report = None if progress is None else partial(progress, name, total=n_sec)
         runs[name] = simulate(
             counts,

@@ -355,6 +355,159 @@ def _print_decisions(pipeline, result, rps: float, slo_ms: float) -> None:
         console.print(line, highlight=False, soft_wrap=True)
 
 
+@app.command()
+def backtest(
+    trace: Annotated[
+        str | None,
+        typer.Argument(help="timestamp,rps CSV (1 s or coarser), or a bundled trace name."),
+    ] = None,
+    profile: Annotated[
+        str, typer.Option(help="Latency profile or pipeline: file or bundled name.")
+    ] = "resnet18",
+    slo_ms: Annotated[float, typer.Option(help="End-to-end latency SLO (ms).")] = 750.0,
+    policies: Annotated[str, typer.Option(help="Comma-separated policies, or 'all'.")] = "all",
+    start: Annotated[
+        str | None, typer.Option(help="Start of the simulated span (UTC, ISO 8601).")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="End of the simulated span (UTC).")] = None,
+    train_days: Annotated[
+        float, typer.Option(help="Days of history the forecaster is first fitted on.")
+    ] = 4.0,
+    refit_days: Annotated[float, typer.Option(help="Refit cadence of the forecaster.")] = 1.0,
+    every: Annotated[int, typer.Option(help="Minutes between surgecast's plans.")] = 5,
+    model: Annotated[str, typer.Option(help="Forecasting model surgecast uses.")] = "hybrid",
+    quantile: Annotated[
+        float, typer.Option(help="Forecast quantile the cores are sized for.")
+    ] = 0.9,
+    surge_quantile: Annotated[
+        float, typer.Option(help="Forecast quantile in-place resizing must reach.")
+    ] = 0.99,
+    cold_start_s: Annotated[int, typer.Option(help="Seconds before a new replica serves.")] = 30,
+    resize_s: Annotated[int, typer.Option(help="Seconds an in-place resize takes.")] = 2,
+    stabilisation_s: Annotated[
+        int, typer.Option(help="No scale-in within this long after a scale-up.")
+    ] = 300,
+    rps_scale: Annotated[float, typer.Option(help="Multiply the trace's rate.")] = 1.0,
+    max_replicas: Annotated[
+        int | None, typer.Option(help="Replica bound (default: none that binds).")
+    ] = None,
+    max_cores: Annotated[
+        int | None, typer.Option(help="Cores-per-replica bound (default: the profile's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the arrivals and the model.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/backtest"),
+) -> None:
+    """Replay a trace through surgecast and today's autoscalers on a simulated cluster."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from forecasting.models import MODELS
+    from surgecast.backtest import POLICIES, BacktestSettings
+    from surgecast.stages import backtest_trace
+
+    names = POLICIES if policies == "all" else tuple(p.strip() for p in policies.split(",") if p)
+    unknown = [p for p in names if p not in POLICIES]
+    if unknown:
+        raise _fail(f"--policies: unknown {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+    if model not in MODELS:
+        raise _fail(f"--model: unknown {model!r}; choose from {', '.join(MODELS)}")
+    problems = [
+        f"{flag} must be {rule}"
+        for flag, ok, rule in (
+            ("--slo-ms", slo_ms > 0, "> 0"),
+            ("--every", every >= 1, ">= 1 minute"),
+            ("--train-days", train_days > 0, "> 0"),
+            ("--refit-days", refit_days > 0, "> 0"),
+            ("--quantile", quantile in (0.5, 0.9, 0.95, 0.99), "one of 0.5, 0.9, 0.95, 0.99"),
+            (
+                "--surge-quantile",
+                surge_quantile in (0.5, 0.9, 0.95, 0.99),
+                "one of 0.5, 0.9, 0.95, 0.99",
+            ),
+            ("--cold-start-s", cold_start_s >= 0, ">= 0"),
+            ("--resize-s", resize_s >= 0, ">= 0"),
+            ("--stabilisation-s", stabilisation_s >= 0, ">= 0"),
+            ("--rps-scale", rps_scale > 0, "> 0"),
+        )
+        if not ok
+    ]
+    if problems:
+        raise _fail(problems[0])
+    settings = BacktestSettings(
+        slo_ms=slo_ms,
+        policies=names,
+        train_days=train_days,
+        refit_days=refit_days,
+        every_s=60 * every,
+        quantile=quantile,
+        surge_quantile=surge_quantile,
+        model=model,
+        cold_start_s=cold_start_s,
+        resize_s=resize_s,
+        stabilisation_s=stabilisation_s,
+        rps_scale=rps_scale,
+        max_replicas=max_replicas,
+        max_cores=max_cores,
+        seed=seed,
+    )
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f} %"),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(policy: str, done: int, total: int) -> None:
+            if policy not in tasks:
+                tasks[policy] = bar.add_task(f"{policy:>11}", total=total)
+            bar.update(tasks[policy], completed=done)
+
+        try:
+            run = backtest_trace(
+                trace,
+                profile=profile,
+                settings=settings,
+                start=start,
+                end=end,
+                out=out,
+                progress=progress,
+            )
+        except (BadInputError, PlannerInputError) as exc:
+            raise _fail(str(exc)) from None
+    summary = run.summary
+    table = Table(
+        title=(
+            f"{summary['trace']}, {summary['profile']}, SLO {slo_ms:g} ms, "
+            f"{summary['seconds_simulated'] / 3600:.1f} h from {summary['start']}"
+        )
+    )
+    for col in (
+        "policy",
+        "requests",
+        "over SLO",
+        "rate",
+        "bad minutes",
+        "core-hours",
+        "actions",
+        "utilisation",
+    ):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, row in summary["policies"].items():
+        table.add_row(
+            name,
+            f"{row['requests']:,}",
+            f"{row['violations']:,}",
+            f"{100 * row['violation_rate']:.3f} %",
+            f"{row['violation_minutes']:,}",
+            f"{row['core_hours']:.1f}",
+            f"{row['actions']:,}",
+            f"{100 * row['mean_utilisation']:.0f} %",
+        )
+    console.print(table)
+    console.print(f"{run.seconds:.0f} s; report: {run.report_html}; results: {run.results_json}")
+
+
 def _print_plan(plan) -> None:
     title = (
         f"plan for {plan.service} at {plan.cutoff.strftime('%Y-%m-%dT%H:%M:%SZ')} "

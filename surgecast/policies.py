@@ -143,11 +143,18 @@ class HPA:
         self._recommendations.append((now, raw))
         while self._recommendations and self._recommendations[0][0] <= now - self.stabilisation_s:
             self._recommendations.popleft()
-        # Scale-down stabilisation: the highest recommendation of the window.
-        desired = max(r for _, r in self._recommendations) if raw < current else raw
+        # Stabilisation as the controller does it: scale up to the latest recommendation (no
+        # scale-up window by default), scale down only to the highest one of the window.
+        desired = current
+        if desired < raw:
+            desired = raw
+        highest = max(r for _, r in self._recommendations)
+        if desired > highest:
+            desired = highest
         # Scale-up rate: at most max(4 pods, 100 %) more per period.
         limit = max(
-            current + self.scale_up_pods, math.floor(current * (1 + self.scale_up_percent / 100))
+            current + self.scale_up_pods,
+            math.floor(current * (1 + self.scale_up_percent / 100)),
         )
         desired = min(desired, limit)
         return int(min(max(desired, self.min_replicas, floor), self.max_replicas))

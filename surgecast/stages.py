@@ -287,3 +287,68 @@ def forecast_at(
         warm_up()
     fitted.fit(past)
     return fitted.forecast(past, cutoff=cutoff)
+
+
+# --------------------------------------------------------------------------------------------
+# backtesting
+
+DEFAULT_BACKTEST_DAYS = 1.0
+"""Simulated days of the default backtest (no trace named): the day after the training days."""
+
+
+@dataclass(frozen=True)
+class BacktestRun:
+    """What ``surgecast backtest`` wrote and measured."""
+
+    results_json: Path
+    report_html: Path
+    summary: dict
+    seconds: float
+
+
+def backtest_trace(
+    trace: str | Path | None,
+    *,
+    profile: str = "resnet18",
+    settings=None,
+    start: str | None = None,
+    end: str | None = None,
+    out: Path = Path("out/backtest"),
+    progress=None,
+) -> BacktestRun:
+    """Replay a trace through every policy against the simulated cluster; write the report.
+
+    With no trace, the bundled Twitter trace: the day after its first ``train_days``.
+    """
+    from dataclasses import replace
+
+    from planner.errors import PlannerInputError
+    from surgecast.backtest import BacktestSettings, run_backtest, write_results
+    from surgecast.planning import load_profile
+
+    settings = settings or BacktestSettings()
+    path = resolve_trace(trace)
+    rps = load_rps_csv(path)
+    try:
+        pipeline = load_profile(profile)
+    except PlannerInputError as exc:
+        raise BadInputError(str(exc)) from None
+    first = rps.index[0]
+    start_ts = parse_utc(start, "--start") if start else None
+    end_ts = parse_utc(end, "--end") if end else None
+    if trace is None and start_ts is None and end_ts is None:
+        start_ts = first + pd.Timedelta(days=settings.train_days)
+        end_ts = start_ts + pd.Timedelta(days=DEFAULT_BACKTEST_DAYS)
+    settings = replace(settings, start=start_ts, end=end_ts)
+    if settings.model == "hybrid":
+        warm_up()
+    result = run_backtest(
+        rps,
+        pipeline,
+        settings,
+        trace_name=path.name,
+        profile_name=pipeline.name,
+        progress=progress,
+    )
+    js, html = write_results(result, out)
+    return BacktestRun(js, html, result.to_json(), result.seconds)

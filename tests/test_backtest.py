@@ -1,0 +1,259 @@
+"""The backtest: arrivals from traces, the policies, leak-freedom, results and the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from planner.profiles import bundled_profile, load_pipeline
+from surgecast.backtest import (
+    POLICIES,
+    BacktestSettings,
+    ModelForecaster,
+    per_second_arrivals,
+    run_backtest,
+    write_results,
+)
+from surgecast.cli import app
+from surgecast.policies import HPA
+from surgecast.simulator import ClusterView, StageView
+
+RESNET = load_pipeline(bundled_profile("resnet18"))
+START = pd.Timestamp("2024-03-04T00:00:00Z")
+
+
+def synthetic_trace(days: float = 4.0, seed: int = 3) -> pd.Series:
+    """1-minute load: a daily cycle around 60 rps plus a 10-minute surge to ~3x every 3 hours."""
+    n = int(days * 1440)
+    t = np.arange(n)
+    rng = np.random.default_rng(seed)
+    daily = 60 + 25 * np.sin(2 * np.pi * t / 1440)
+    surge = np.where((t % 180 >= 100) & (t % 180 < 110), 2.0 * daily, 0.0)
+    rps = np.maximum(daily + surge + rng.normal(0, 3, n), 0.0)
+    index = pd.date_range(START, periods=n, freq="1min", tz="UTC", name="timestamp")
+    return pd.Series(rps, index=index, name="rps")
+
+
+def settings(**kw) -> BacktestSettings:
+    base = BacktestSettings(
+        slo_ms=750.0,
+        train_days=3.0,
+        model="lgbm_lags",
+        start=START + pd.Timedelta(days=3),
+        end=START + pd.Timedelta(days=3, hours=6),
+    )
+    return replace(base, **kw)
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run_backtest(
+        synthetic_trace(), RESNET, settings(), trace_name="synthetic", profile_name="resnet18"
+    )
+
+
+# -- arrivals ---------------------------------------------------------------------------------
+
+
+def test_one_second_counts_are_kept_and_gaps_filled_and_counted():
+    index = pd.date_range(START, periods=6, freq="1s", tz="UTC")
+    rps = pd.Series([5.0, 7.0, np.nan, np.nan, 9.0, 4.0], index=index, name="rps")
+    got = per_second_arrivals(rps, scale=1.0, seed=0)
+    assert got.counts[[0, 1, 4, 5]].tolist() == [5.0, 7.0, 9.0, 4.0]
+    assert got.filled_seconds == 2 and np.all(got.counts[2:4] >= 0)
+
+
+def test_coarse_traces_are_spread_as_seeded_poisson_arrivals():
+    index = pd.date_range(START, periods=600, freq="10s", tz="UTC")
+    rps = pd.Series(np.full(600, 40.0), index=index, name="rps")
+    a = per_second_arrivals(rps, scale=1.0, seed=1)
+    b = per_second_arrivals(rps, scale=1.0, seed=1)
+    assert len(a.counts) == 6000 and np.array_equal(a.counts, b.counts)
+    assert a.counts.mean() == pytest.approx(40.0, rel=0.02)
+    assert a.counts.var() == pytest.approx(40.0, rel=0.1)  # Poisson: variance = mean
+    half = per_second_arrivals(rps, scale=0.5, seed=1)
+    assert half.counts.mean() == pytest.approx(20.0, rel=0.03)
+
+
+# -- the HPA algorithm ------------------------------------------------------------------------
+
+
+def hpa_view(now_s: int, usage: float, ready_cores: float, replicas: int, ready: int):
+    n = now_s
+    return ClusterView(
+        now_s=n,
+        arrivals=np.zeros(n),
+        usage_cores=[np.full(n, usage)],
+        ready_cores=[np.full(n, ready_cores)],
+        stages=(StageView(replicas, ready, 1, 1, 0.0, 0.0),),
+    )
+
+
+def test_hpa_scales_by_the_utilisation_ratio_within_its_limits():
+    # 4 pods at 100 % against a 70 % target: ceil(4 × 1/0.7) = 6.
+    assert HPA(cores=1, batch=1).recommend(hpa_view(30, 4.0, 4.0, 4, 4)) == 6
+    # 2.9 of 4 cores busy is 72.5 %, within the 10 % tolerance of 70 %: no change.
+    assert HPA(cores=1, batch=1).recommend(hpa_view(30, 2.9, 4.0, 4, 4)) == 4
+    # Scale-up is limited to max(4 pods, 100 %) per period: 2 busy pods against a 10 % target
+    # want 20, and get 2 + 4 = 6.
+    assert HPA(cores=1, batch=1, target=0.1).recommend(hpa_view(30, 2.0, 2.0, 2, 2)) == 6
+
+
+def test_hpa_counts_unready_pods_as_idle_when_scaling_up():
+    # 2 of 4 pods ready, both at 100 %: counted with the 2 starting ones as idle, the pods run
+    # at 50 %, below the 70 % target, so no scale-up happens while the others start.
+    assert HPA(cores=1, batch=1).recommend(hpa_view(30, 2.0, 2.0, 4, 2)) == 4
+
+
+def test_hpa_scale_down_is_stabilised_over_its_window():
+    hpa = HPA(cores=1, batch=1, stabilisation_s=300)
+    assert hpa.recommend(hpa_view(30, 8.0, 8.0, 8, 8)) == 12  # busy: up
+    # Idle right after: the highest recommendation of the last 300 s keeps the 8 pods.
+    assert hpa.recommend(hpa_view(45, 0.8, 8.0, 8, 8)) == 8
+    # Once the busy recommendation has left the window, down to what the load needs.
+    assert hpa.recommend(hpa_view(400, 0.8, 8.0, 8, 8)) == 2
+
+
+# -- leak-freedom -----------------------------------------------------------------------------
+
+
+def test_surgecast_forecasts_read_nothing_after_their_origin():
+    trace = synthetic_trace()
+    sim_start = START + pd.Timedelta(days=3)
+    now_s = 3 * 3600
+    origin = sim_start + pd.Timedelta(seconds=now_s)
+    late = trace.copy()
+    late.loc[origin:] *= 5.0  # the future changes; the forecast made at the origin must not
+    a = ModelForecaster(trace, sim_start, settings())(now_s)
+    b = ModelForecaster(late, sim_start, settings())(now_s)
+    for q in a:
+        np.testing.assert_array_equal(a[q], b[q])
+
+
+# -- the whole backtest -----------------------------------------------------------------------
+
+
+def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path):
+    assert tuple(result.runs) == POLICIES
+    js, html = write_results(result, tmp_path)
+    data = json.loads(js.read_text())
+    assert data["trace"] == "synthetic" and data["profile"] == "resnet18"
+    assert data["slo_ms"] == 750.0 and data["seconds_simulated"] == 6 * 3600
+    for row in data["policies"].values():
+        assert set(row) == {
+            "requests",
+            "violations",
+            "violation_rate",
+            "violation_minutes",
+            "core_hours",
+            "actions",
+            "mean_utilisation",
+        }
+        assert 0 <= row["violation_rate"] <= 1 and row["core_hours"] > 0
+    page = html.read_text()
+    assert "<img" in page and "surgecast" in page and "static-peak" in page
+
+
+def test_the_peak_provisioned_cluster_is_the_cost_ceiling_and_meets_the_slo(result):
+    s = {name: run.summary() for name, run in result.runs.items()}
+    assert s["static-peak"]["violation_rate"] < 0.001
+    for name in ("hpa", "themis", "surgecast", "oracle"):
+        assert s[name]["core_hours"] < s["static-peak"]["core_hours"], name
+
+
+def test_proactive_scaling_beats_the_hpa_on_repeated_surges(result):
+    s = {name: run.summary() for name, run in result.runs.items()}
+    assert s["surgecast"]["violations"] * 10 <= s["hpa"]["violations"]
+    assert s["oracle"]["violations"] <= s["hpa"]["violations"]
+
+
+def test_backtests_are_deterministic_for_a_seed(result):
+    again = run_backtest(
+        synthetic_trace(),
+        RESNET,
+        settings(policies=("surgecast", "hpa")),
+        trace_name="synthetic",
+        profile_name="resnet18",
+    )
+    for name in ("surgecast", "hpa"):
+        assert again.runs[name].summary() == result.runs[name].summary()
+
+
+def test_bounds_cap_every_policy():
+    capped = run_backtest(
+        synthetic_trace(),
+        RESNET,
+        settings(max_replicas=3, max_cores=2, end=START + pd.Timedelta(days=3, hours=2)),
+        trace_name="synthetic",
+        profile_name="resnet18",
+    )
+    for run in capped.runs.values():
+        assert run.replicas.max() <= 3 and run.cores.max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(start=START + pd.Timedelta(days=1)), "days of history"),
+        (dict(end=START + pd.Timedelta(days=9)), "not inside the trace"),
+        (dict(policies=("hpa", "kubernetes")), "unknown kubernetes"),
+        (dict(end=START + pd.Timedelta(days=3, minutes=20)), "at least 1 hour"),
+    ],
+)
+def test_bad_spans_and_policies_are_refused_with_one_line(kw, message):
+    from forecasting.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=message) as info:
+        run_backtest(
+            synthetic_trace(),
+            RESNET,
+            settings(**kw),
+            trace_name="synthetic",
+            profile_name="resnet18",
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_cli_backtest_writes_the_report_and_prints_the_table(tmp_path):
+    trace = synthetic_trace()
+    csv = tmp_path / "load.csv"
+    frame = trace.rename_axis("timestamp").reset_index()
+    frame["timestamp"] = frame["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    frame.to_csv(csv, index=False)
+    out = tmp_path / "out"
+    args = [
+        "backtest",
+        str(csv),
+        "--model",
+        "naive",
+        "--train-days",
+        "3",
+        "--policies",
+        "hpa,surgecast,static-peak",
+        "--start",
+        "2024-03-07T00:00:00Z",
+        "--end",
+        "2024-03-07T02:00:00Z",
+        "--out",
+        str(out),
+    ]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["policies"]) == {"hpa", "surgecast", "static-peak"}
+    assert (out / "report.html").exists() and "surgecast" in done.output
+    bad = CliRunner().invoke(app, [*args[:-2], "--out", str(out), "--slo-ms", "-5"])
+    assert bad.exit_code == 2 and "--slo-ms must be > 0" in bad.output
+    bad = CliRunner().invoke(app, ["backtest", str(csv), "--policies", "magic"])
+    assert bad.exit_code == 2 and "unknown magic" in bad.output
+
+
+def test_the_static_shape_never_changes_and_carries_the_peak_minute(result):
+    run = result.runs["static-peak"]
+    peak_minute = run.arrivals[: len(run.arrivals) // 60 * 60].reshape(-1, 60).mean(axis=1).max()
+    assert run.actions == 0 and run.capacity_rps.min() >= peak_minute
