@@ -305,9 +305,19 @@ class _Scheduled:
 class Proactive:
     """surgecast in the backtest: forecast -> planner -> plan steps at their apply_at.
 
+    Every ``every_s`` the forecast goes to the planner's two-stage policy, with two choices of
+    how to use it:
+
+    * cores for the planning quantile, replicas for the surge quantile: the replica count is at
+      least what, resized in place to the largest pods (seconds), carries the surge quantile's
+      peak; cores are paid for the planning quantile only. Cold starts then stay off a surge's
+      critical path without paying for idle cores;
+    * a receding horizon: the planner sees the steps until the next plan plus a cold start
+      (what must be decided now); later steps are planned again with a fresher forecast.
+
     Between plans, what the forecast missed is caught reactively: an HPA (on the planned pod
-    shape) may raise replicas above the planned floor, and when the observed load exceeds what
-    the ready replicas carry, the vertical DP bridges in place.
+    shape) may raise replicas above the planned floor, and when the observed load (plus the
+    backlog to drain) exceeds what the ready replicas carry, the vertical DP bridges in place.
 
     Args:
         name: "surgecast" or "oracle".
@@ -320,6 +330,7 @@ class Proactive:
             its ``quantile`` is the forecast quantile the cores are sized for.
         hpa: the HPA acting above the floor.
         surge_quantile: the forecast quantile the replica count must reach by resizing.
+        receding: plan on the decision steps only (False: on the whole horizon).
     """
 
     def __init__(
@@ -334,6 +345,7 @@ class Proactive:
         settings: PolicySettings,
         hpa: HPA,
         surge_quantile: float = 0.99,
+        receding: bool = True,
     ) -> None:
         self.name = name
         self.surge_quantile = surge_quantile
@@ -350,6 +362,7 @@ class Proactive:
         self._last_up_s: int | None = None
         self._hpa_replicas = 0
         self._bridge: list[StageConfig] | None = None
+        self.receding = receding
         self.plans: list = []
 
     def decide(self, view: ClusterView) -> list[StageConfig] | None:
@@ -404,7 +417,7 @@ class Proactive:
         # Replicas for the surge quantile, cores for the planning quantile: keep enough replicas
         # that resizing them in place (seconds) reaches the upper quantile, and pay cores only
         # for the likely load. The cold start is then never on a surge's critical path.
-        surge_peak = float(np.max(forecast[self.surge_quantile]))
+        surge_peak = float(np.max(forecast[self.surge_quantile][: self._decision_steps()]))
         settings = replace(
             self.settings,
             min_replicas=min(
@@ -417,7 +430,7 @@ class Proactive:
             self.pipeline,
             state,
             view.observed_rps(60),
-            forecast[self.settings.quantile],
+            forecast[self.settings.quantile][: self._decision_steps()],
             float(self.step_s),
             cutoff,
             settings,
@@ -435,6 +448,15 @@ class Proactive:
             for step in plan.steps
         ]
         self._queue.sort(key=lambda item: item.apply_s)
+
+    def _decision_steps(self) -> int:
+        """Forecast steps that decide anything now (a receding horizon): until the next plan,
+        plus a cold start (what the next plan could no longer start in time), plus one step.
+        Later steps are planned again, with a fresher forecast, by the next plan."""
+        if not self.receding:
+            return 10**9
+        lead = self.every_s + self.settings.cold_start_s
+        return math.ceil(lead / self.step_s) + 1
 
     def _replicas_reaching(self, rps: float) -> int:
         """Fewest replicas that carry ``rps`` (with headroom) once resized to the largest pods."""
