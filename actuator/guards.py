@@ -106,6 +106,7 @@ def hold_scale_in(
     last_scale_up_s: float | None,
     window_s: float,
     capacity_rps: Callable[[StageConfig], float] | None = None,
+    resize_window_s: float | None = None,
 ) -> Guarded:
     """Refuse a scale-in within ``window_s`` of the last scale-up.
 
@@ -113,7 +114,13 @@ def hold_scale_in(
     the window is the Kubernetes HPA's scale-down stabilisation idea applied to both dimensions.
     With ``capacity_rps`` a scale-in is any change to less capacity (so reshaping 2 pods of 6
     cores into 5 of 1 core counts); without it, fewer replicas or fewer cores.
+
+    ``resize_window_s`` (default: ``window_s``) is the window for a scale-in that removes no
+    replica, only cores in place: undoing it is a resize of seconds, not a cold start, so it
+    can follow the load more closely.
     """
+    if wanted.replicas >= current.replicas and resize_window_s is not None:
+        window_s = resize_window_s
     if last_scale_up_s is None or now_s - last_scale_up_s >= window_s:
         return Guarded(wanted)
     if capacity_rps is not None:

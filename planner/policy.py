@@ -77,6 +77,8 @@ class PolicySettings:
         cold_start_s: time for a new replica to become ready.
         resize_s: time for an in-place CPU resize to take effect.
         stabilisation_s: the last scale-up must be this far in the past before a scale-in.
+        resize_stabilisation_s: the same for a scale-in that only shrinks pods in place
+            (undone by a resize of seconds, not a cold start); None: ``stabilisation_s``.
         min_replicas, max_replicas: bounds on every stage's replicas (None: no upper bound).
         quantile: the forecast quantile the load array holds (recorded in the Plan and reasons).
     """
@@ -85,6 +87,7 @@ class PolicySettings:
     cold_start_s: float = 30.0
     resize_s: float = 2.0
     stabilisation_s: float = 300.0
+    resize_stabilisation_s: float | None = None
     min_replicas: int = 1
     max_replicas: int | None = None
     quantile: float = 0.95
@@ -92,8 +95,10 @@ class PolicySettings:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.slo_ms) and self.slo_ms > 0):
             raise PlannerInputError(f"slo_ms: must be > 0, got {self.slo_ms}")
-        for key in ("cold_start_s", "resize_s", "stabilisation_s"):
+        for key in ("cold_start_s", "resize_s", "stabilisation_s", "resize_stabilisation_s"):
             value = getattr(self, key)
+            if value is None and key == "resize_stabilisation_s":
+                continue
             if not (math.isfinite(value) and value >= 0):
                 raise PlannerInputError(f"{key}: must be a finite number >= 0, got {value}")
         if not 0 < self.quantile < 1:
@@ -388,13 +393,53 @@ def _scale_in_or_hold(
     if not optimum.feasible or optimum.cost_cores >= now_state.cost_cores:
         return [_step(ctx, "hold", current, ctx.now, 0.0, peak, hold)]
     allowed = ctx.now if last_up is None else max(ctx.now, last_up + _seconds(s.stabilisation_s))
+    # Replicas wait for the stabilisation window; pods may shrink in place sooner.
+    shrink = _shrink_in_place(ctx, current, now_state, peak, last_up) if allowed > ctx.now else None
     if allowed > ctx.times[-1]:
+        if shrink is not None:
+            return [shrink]
         text = (
             f"{hold}; scale-in to {_shape(ctx, optimum.stages)} waits for the "
             f"{s.stabilisation_s:g} s stabilisation after the scale-up at {_clock(last_up)}"
         )
         return [_step(ctx, "hold", current, ctx.now, 0.0, peak, text)]
-    return _scale_in(ctx, current, optimum, allowed, peak, last_up)
+    later = _scale_in(ctx, current, optimum, allowed, peak, last_up)
+    if shrink is not None and shrink.apply_at < later[0].apply_at:
+        return [shrink, *later]
+    return later
+
+
+def _shrink_in_place(
+    ctx: _Context,
+    current: Sequence[StageConfig],
+    now_state: Decision,
+    peak: float,
+    last_up: pd.Timestamp | None,
+) -> PlanStep | None:
+    """Inside the stabilisation window for replicas, shrink the running pods in place if the
+    shorter resize window has passed and they carry the whole horizon with fewer cores."""
+    s = ctx.settings
+    if s.resize_stabilisation_s is None or last_up is None:
+        return None
+    allowed = max(ctx.now, last_up + _seconds(s.resize_stabilisation_s))
+    if allowed > ctx.times[-1]:
+        return None
+    smaller = ctx.vertical(peak, [c.replicas for c in current])
+    if (
+        not smaller.feasible
+        or smaller.cost_cores >= now_state.cost_cores
+        or list(smaller.replicas) != [c.replicas for c in current]
+    ):
+        return None
+    text = (
+        f"{ctx.q} forecast peaks at {peak:.0f} rps over the horizon (observed "
+        f"{ctx.observed_rps:.0f}); last scale-up at {_clock(last_up)}: replicas stay for the "
+        f"{s.stabilisation_s:g} s stabilisation, pods shrink in place after "
+        f"{s.resize_stabilisation_s:g} s to {_shape(ctx, smaller.stages)} "
+        f"({now_state.cost_cores} -> {smaller.cost_cores} cores)"
+    )
+    effective = allowed + _seconds(s.resize_s)
+    return _step(ctx, "scale-in", smaller.stages, effective, s.resize_s, peak, text)
 
 
 def _scale_in(

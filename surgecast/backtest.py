@@ -58,7 +58,8 @@ class BacktestSettings:
         model: the forecasting model surgecast uses.
         cold_start_s: seconds before a new replica serves.
         resize_s: seconds an in-place resize takes.
-        stabilisation_s: no scale-in within this long after a scale-up (every policy).
+        stabilisation_s: no replica removed within this long after a scale-up (every policy).
+        resize_stabilisation_s: no in-place core reduction within this long after a scale-up.
         rps_scale: multiplies the trace's rate.
         max_replicas, max_cores: bounds; None = what the profile needs at the trace's peak.
         seed: seed of the arrivals and of the model.
@@ -78,6 +79,7 @@ class BacktestSettings:
     cold_start_s: int = 30
     resize_s: int = 2
     stabilisation_s: int = 300
+    resize_stabilisation_s: int = 60
     rps_scale: float = 1.0
     max_replicas: int | None = None
     max_cores: int | None = None
@@ -346,6 +348,7 @@ def run_backtest(
                 last_scale_up_s=last_up,
                 window_s=settings.stabilisation_s,
                 capacity_rps=partial(capacity, stage),
+                resize_window_s=settings.resize_stabilisation_s,
             ),
         )
 
@@ -438,6 +441,7 @@ def _make_policy(
             cold_start_s=float(settings.cold_start_s),
             resize_s=float(settings.resize_s),
             stabilisation_s=float(settings.stabilisation_s),
+            resize_stabilisation_s=float(settings.resize_stabilisation_s),
             min_replicas=bounds.min_replicas,
             max_replicas=bounds.max_replicas,
             quantile=settings.quantile,

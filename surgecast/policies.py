@@ -386,7 +386,13 @@ class Proactive:
         # Reactive part 2: the forecast missed; bridge in place on the replicas ready now.
         observed = bridge_load(view)
         if self._bridge is not None:
-            wanted = _cover(wanted, self._bridge)
+            planned = [
+                replace(w, replicas=s.ready) for w, s in zip(wanted, view.stages, strict=True)
+            ]
+            if _carries(self.dp, planned, view.observed_rps(60)):
+                self._bridge = None  # the plan carries the load again (the guards pace the shrink)
+            else:
+                wanted = _cover(wanted, self._bridge)
         ready = [replace(w, replicas=s.ready) for w, s in zip(wanted, view.stages, strict=True)]
         if observed > 0 and not _carries(self.dp, ready, observed):
             self._bridge = list(

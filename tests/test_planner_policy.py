@@ -78,6 +78,43 @@ def test_scale_in_waits_for_the_stabilisation_window() -> None:
     )
 
 
+def test_pods_shrink_in_place_after_the_shorter_resize_window() -> None:
+    # 3 pods bridged to 8 cores, a quiet forecast, a scale-up 90 s ago: replicas must stay for
+    # the 300 s window, but the pods may shrink in place once the 60 s resize window passed.
+    big = ClusterState((3,), (8,), (4,))
+    quiet = np.full(15, 40.0)
+    recent = CUTOFF - pd.Timedelta(seconds=90)
+    policy = PolicySettings(slo_ms=750.0, resize_stabilisation_s=60.0)
+    plan = plan_two_stage(
+        "svc", RESNET, big, 40.0, quiet, 60.0, CUTOFF, policy, last_scale_up_at=recent
+    )
+    shrink, later = plan.steps
+    assert shrink.kind == "scale-in" and shrink.replicas == (3,) and shrink.cores[0] < 8
+    assert shrink.apply_at == CUTOFF and "shrink in place" in shrink.reason
+    assert shrink.capacity_rps >= headroom_rps(40.0)
+    # The replicas themselves wait for the full window.
+    assert later.apply_at == recent + pd.Timedelta(seconds=300)
+    # Without a resize window everything waits for the full window.
+    held = plan_two_stage(
+        "svc",
+        RESNET,
+        big,
+        40.0,
+        quiet,
+        60.0,
+        CUTOFF,
+        PolicySettings(slo_ms=750.0),
+        last_scale_up_at=recent,
+    )
+    assert [s.apply_at for s in held.steps] == [recent + pd.Timedelta(seconds=300)]
+    # A scale-up 10 s ago: the pods wait for the resize window too.
+    fresh_up = CUTOFF - pd.Timedelta(seconds=10)
+    fresh = plan_two_stage(
+        "svc", RESNET, big, 40.0, quiet, 60.0, CUTOFF, policy, last_scale_up_at=fresh_up
+    )
+    assert fresh.steps[0].apply_at == fresh_up + pd.Timedelta(seconds=60)
+
+
 def test_hold_when_the_current_state_is_right() -> None:
     optimum = _plan(ClusterState((3,), (2,), (3,)), 150.0, np.full(10, 150.0))
     (step,) = optimum.steps
@@ -172,6 +209,7 @@ def scenarios(draw):
         cold_start_s=draw(st.sampled_from([0.0, 10.0, 30.0, 90.0, 240.0])),
         resize_s=draw(st.sampled_from([0.0, 2.0, 5.0])),
         stabilisation_s=draw(st.sampled_from([0.0, 120.0, 300.0])),
+        resize_stabilisation_s=draw(st.sampled_from([None, 0.0, 60.0])),
         max_replicas=max_replicas,
     )
     last_up = draw(st.none() | st.integers(0, 900).map(lambda s: CUTOFF - pd.Timedelta(seconds=s)))
@@ -222,11 +260,16 @@ def test_every_plan_keeps_its_promises(scenario) -> None:
         if step.kind != "bridge":
             later = [ld for t, ld in zip(times, loads, strict=True) if t >= step.effective_at]
             assert capacity >= headroom_rps(max([observed, *later])) * (1 - 1e-12)
-        # Scale-in never inside the stabilisation window.
+        # Scale-in never inside the stabilisation window: the full one when replicas go, the
+        # resize window when pods only shrink in place.
         if step.kind == "scale-in" or (not surged and step.cost_cores < _cost(state)):
-            assert last_up is None or step.apply_at >= last_up + pd.Timedelta(
-                seconds=policy.stabilisation_s
+            in_place = list(step.replicas) == list(state.replicas)
+            window = (
+                policy.resize_stabilisation_s
+                if in_place and policy.resize_stabilisation_s is not None
+                else policy.stabilisation_s
             )
+            assert last_up is None or step.apply_at >= last_up + pd.Timedelta(seconds=window)
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
