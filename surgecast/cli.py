@@ -387,6 +387,9 @@ def backtest(
     stabilisation_s: Annotated[
         int, typer.Option(help="No scale-in within this long after a scale-up.")
     ] = 300,
+    hpa_target: Annotated[
+        float, typer.Option(help="CPU target of the HPA above surgecast's planned floor.")
+    ] = 0.9,
     rps_scale: Annotated[float, typer.Option(help="Multiply the trace's rate.")] = 1.0,
     max_replicas: Annotated[
         int | None, typer.Option(help="Replica bound (default: none that binds).")
@@ -427,6 +430,7 @@ def backtest(
             ("--resize-s", resize_s >= 0, ">= 0"),
             ("--stabilisation-s", stabilisation_s >= 0, ">= 0"),
             ("--rps-scale", rps_scale > 0, "> 0"),
+            ("--hpa-target", 0 < hpa_target <= 1, "in (0, 1]"),
         )
         if not ok
     ]
@@ -445,6 +449,7 @@ def backtest(
         resize_s=resize_s,
         stabilisation_s=stabilisation_s,
         rps_scale=rps_scale,
+        hpa_target_above_plan=hpa_target,
         max_replicas=max_replicas,
         max_cores=max_cores,
         seed=seed,
@@ -533,5 +538,153 @@ def _print_plan(plan) -> None:
         console.print(f"{i}. {step.reason}", highlight=False, soft_wrap=True)
 
 
+@app.command("apply")
+def apply_cmd(
+    plan_file: Annotated[Path, typer.Argument(help="Plan JSON (surgecast plan --out).")],
+    service_config: Annotated[
+        Path | None,
+        typer.Option(help="Service config (.json/.toml): Deployments, bounds, mode, limits."),
+    ] = None,
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="kubeconfig file (default: ~/.kube/config, in-cluster).")
+    ] = None,
+    context: Annotated[str | None, typer.Option(help="kubeconfig context.")] = None,
+    active: Annotated[
+        bool, typer.Option("--active", help="Patch the cluster (default: shadow, dry runs only).")
+    ] = False,
+    now: Annotated[
+        str | None, typer.Option(help="The run's time (ISO 8601, UTC). Default: now.")
+    ] = None,
+    artifacts: Annotated[
+        Path, typer.Option(help="Artifact store root; records go to decisions/<service>/.")
+    ] = Path("artifacts"),
+    namespace: Annotated[
+        str, typer.Option(help="Without --service-config: the Deployment's namespace.")
+    ] = "default",
+    deployment: Annotated[
+        str | None,
+        typer.Option(help="Without --service-config: the Deployment (default: plan's service)."),
+    ] = None,
+    container: Annotated[
+        str, typer.Option(help="Without --service-config: the container to resize.")
+    ] = "server",
+) -> None:
+    """Apply a plan's due steps to the cluster through the guards; one line per change."""
+    from actuator.errors import ActuatorInputError
+    from surgecast.actuation import apply_plan_file
+
+    try:
+        result = apply_plan_file(
+            plan_file,
+            service_config=service_config,
+            namespace=namespace,
+            deployment=deployment,
+            container=container,
+            kubeconfig=kubeconfig,
+            context=context,
+            active=active,
+            now=now,
+            artifacts=artifacts,
+        )
+    except ActuatorInputError as exc:
+        raise _fail(str(exc)) from None
+    record = result.record
+    if record.refused:
+        console.print(f"{record.service}: refused: {record.refused}", highlight=False,
+                      soft_wrap=True)
+    for workload in record.workloads:
+        for note in workload.bound_by:
+            console.print(f"{workload.deployment}: {note}", highlight=False, soft_wrap=True)
+    for change in record.changes:
+        console.print(change.line(), highlight=False, soft_wrap=True)
+    if not record.changes and not record.refused:
+        step = record.chosen_step
+        what = f"{step['kind']} step due" if step else "no plan step due"
+        console.print(f"{record.service}: {record.mode}: {what}; nothing to change",
+                      highlight=False)
+    for error in record.errors:
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    console.print(f"{record.mode} run; record: {result.record_file}", highlight=False)
+
+
 def run() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[
+        Path, typer.Option(help="Service config (YAML), e.g. data/services.example.yaml.")
+    ],
+    once: Annotated[
+        bool, typer.Option("--once", help="One cycle for every service, then exit.")
+    ] = False,
+    now: Annotated[
+        str | None,
+        typer.Option(help="The cycle's time (ISO 8601, UTC); with --once. Default: now."),
+    ] = None,
+    service: Annotated[
+        list[str] | None, typer.Option(help="Only this service (repeatable).")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Validate the config, list the services, exit.")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Delete artifacts older than the retention after each cycle.")
+    ] = True,
+) -> None:
+    """ingest -> forecast -> plan -> actuate for every service; one line per service.
+
+    Exit code 1 when a service could not act (the line and its decision record say why).
+    Without --once, runs a cycle at every multiple of run_interval_s until interrupted.
+    """
+    import time
+
+    import pandas as pd
+
+    from surgecast.pipeline import prune as prune_store
+    from surgecast.pipeline import run_once
+    from surgecast.settings import load_settings
+    from surgecast.stages import parse_utc
+
+    try:
+        settings = load_settings(config)
+        for name in service or []:
+            settings.service(name)
+        when = parse_utc(now, "--now") if now is not None else None
+    except BadInputError as exc:
+        raise _fail(str(exc)) from None
+    if check:
+        for svc in settings.services:
+            console.print(
+                f"{svc.name}: {svc.mode}, {svc.namespace}/"
+                f"{','.join(w.deployment for w in svc.workloads)}, profile {svc.profile}, "
+                f"model {svc.forecast.model}, SLO {svc.slo_ms:g} ms",
+                highlight=False,
+                soft_wrap=True,
+            )
+        return
+    if when is not None and not once:
+        raise _fail("--now: only with --once (a loop takes its time from the clock)")
+
+    def cycle(at: pd.Timestamp) -> bool:
+        def show(run) -> None:
+            console.print(run.line, highlight=False, soft_wrap=True, markup=False)
+
+        runs = run_once(settings, at, services=service or None, progress=show)
+        if prune:
+            prune_store(settings, at)
+        return all(r.ok for r in runs)
+
+    interval = pd.Timedelta(seconds=settings.run_interval_s)
+    if once:
+        ok = cycle(when if when is not None else pd.Timestamp.now(tz="UTC").floor(interval))
+        raise typer.Exit(code=0 if ok else 1)
+    while True:  # pragma: no cover - a daemon loop; each cycle is tested through --once
+        wall = pd.Timestamp.now(tz="UTC")
+        time.sleep(max(0.0, ((wall.floor(interval) + interval) - wall).total_seconds()))
+        cycle(pd.Timestamp.now(tz="UTC").floor(interval))

@@ -1,0 +1,345 @@
+"""Decision records, Kubernetes Events and run metrics: every decision on record.
+
+A decision record is one JSON object per service per run (DESIGN section 2), appended as one line
+to ``<root>/decisions/<service>/<YYYY-MM-DD>.jsonl`` (the run's UTC date). It lists every change
+the run considered with its outcome, so an error part-way leaves no change unaccounted for:
+
+* ``applied``: the server accepted the patch; ``unchanged``: already in that state, nothing sent;
+* ``dry-run``: shadow mode, the server validated the patch and persisted nothing;
+* ``failed``: the API refused it or retries ran out (``errors`` says why);
+* ``not attempted``: an earlier change of the run failed, so the run stopped before it;
+* ``skipped``: deliberately left for later (a pod not ready yet, a template while load moves).
+
+Cumulative counters for the metrics live beside the records (``counters.json``), because a
+Pushgateway keeps only the last push of a batch job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from planner.plan import iso
+
+OUTCOMES = (
+    "applied",
+    "unchanged",
+    "dry-run",
+    "failed",
+    "not attempted",
+    "skipped",
+)
+WRITTEN = ("applied",)
+PLANNED = ("applied", "dry-run")
+
+
+@dataclass
+class Change:
+    """One declarative change to one object.
+
+    Attributes:
+        deployment: the Deployment it belongs to.
+        what: ``replicas`` (scale subresource), ``hpa minReplicas``, ``cpu`` (one pod, in place),
+            ``fallback replicas`` (replicas for refused resizes) or ``template``.
+        target: the object, e.g. ``deployments/resnet/scale`` or ``pods/resnet-0/resize``.
+        before, after: the value before and the value it sets (replicas, or cores per pod).
+        reason: why, one line.
+        direction: ``up`` (more capacity), ``down`` or ``none``.
+        outcome: one of :data:`OUTCOMES`.
+        attempts: HTTP writes sent.
+        errors: errors met, retried or final, one line each.
+        resize: for ``cpu`` changes in active mode, what the kubelet did: ``done``,
+            ``Infeasible``, ``Deferred`` (still, after the resize timeout) or ``in progress``.
+    """
+
+    deployment: str
+    what: str
+    target: str
+    before: Any
+    after: Any
+    reason: str
+    direction: str = "none"
+    outcome: str = "not attempted"
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+    resize: str | None = None
+
+    def line(self) -> str:
+        """``resnet replicas 2 -> 6: applied (scale-out ...)``."""
+        extra = f", resize {self.resize}" if self.resize else ""
+        if self.errors and self.outcome == "failed":
+            extra += f", {self.errors[-1]}"
+        elif self.errors:
+            extra += f", after {len(self.errors)} retried error(s)"
+        return (
+            f"{self.deployment} {self.what} {self.before} -> {self.after}: "
+            f"{self.outcome}{extra} ({self.reason})"
+        )
+
+
+@dataclass
+class WorkloadRecord:
+    """One Deployment in a run.
+
+    Attributes:
+        deployment, stage: the Deployment and its plan stage index.
+        hpa: the HPA scaling it, if any.
+        current: replicas, cores, batch before the run (as read).
+        wanted: what the due plan steps ask for.
+        target: what the guards allowed.
+        bound_by: one note per guard that changed the wanted state.
+        after: what the cluster reports at the end of the run (active mode): spec and ready
+            replicas, cores per ready pod.
+    """
+
+    deployment: str
+    stage: int
+    hpa: str | None = None
+    current: dict | None = None
+    wanted: dict | None = None
+    target: dict | None = None
+    bound_by: list[str] = field(default_factory=list)
+    after: dict | None = None
+
+
+@dataclass
+class DecisionRecord:
+    """One service, one run (DESIGN section 2).
+
+    Attributes:
+        service, mode: the service and ``shadow`` or ``active``.
+        run_at: the run's time (UTC ISO); the plan was judged at this time.
+        inputs: plan cutoff, run interval, steps in the plan, observed load, last scale-up.
+        quantile: the forecast quantile the plan sized for.
+        chosen_step: the latest due plan step (its ``to_dict``), None when none was due.
+        due_steps: indices of the plan steps due this run.
+        refused: why nothing was applied at all (expired plan, unknown workload), else None.
+        workloads: per Deployment, current/wanted/target state and the guards that bound it.
+        changes: every change, in the order it was (or would have been) made.
+        errors: every error of the run, one line each (API, event, metrics).
+        event: what became of the Kubernetes Event.
+        metrics: what became of the Pushgateway push.
+    """
+
+    service: str
+    mode: str
+    run_at: str
+    inputs: dict
+    quantile: float | None = None
+    chosen_step: dict | None = None
+    due_steps: list[int] = field(default_factory=list)
+    refused: str | None = None
+    workloads: list[WorkloadRecord] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    event: str | None = None
+    metrics: str | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["scaled_up"] = self.scaled_up
+        return out
+
+    @property
+    def scaled_up(self) -> bool:
+        """Capacity was raised (active) or would have been (shadow) by this run."""
+        done = WRITTEN if self.mode == "active" else PLANNED
+        return any(c.direction == "up" and c.outcome in done for c in self.changes)
+
+    @property
+    def applied(self) -> int:
+        return sum(c.outcome == "applied" for c in self.changes)
+
+    @property
+    def failed(self) -> int:
+        return sum(c.outcome == "failed" for c in self.changes)
+
+    def summary(self) -> str:
+        """One line for the Event message and logs."""
+        if self.refused:
+            return f"refused: {self.refused}"
+        step = self.chosen_step
+        head = f"{self.mode}: " + (step["kind"] + " step due" if step else "no plan step due")
+        done = [c for c in self.changes if c.outcome not in ("unchanged",)]
+        parts = [f"{c.deployment} {c.what} {c.before}->{c.after} {c.outcome}" for c in done[:6]]
+        if len(done) > 6:
+            parts.append(f"+{len(done) - 6} more")
+        text = head + ("; " + "; ".join(parts) if parts else "; nothing to change")
+        if self.errors:
+            text += f"; {len(self.errors)} error(s): {self.errors[-1]}"
+        return text
+
+
+def record_path(root: Path, service: str, now: pd.Timestamp) -> Path:
+    """``<root>/decisions/<service>/<YYYY-MM-DD>.jsonl`` for the UTC date of ``now``."""
+    return Path(root) / "decisions" / service / f"{now.strftime('%Y-%m-%d')}.jsonl"
+
+
+def append_record(root: Path, record: DecisionRecord, now: pd.Timestamp) -> Path:
+    """Append ``record`` as one JSON line; return the file."""
+    path = record_path(root, record.service, now)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record.to_dict(), sort_keys=True, default=str)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+    return path
+
+
+def read_records(root: Path, service: str) -> list[dict]:
+    """Every record of ``service``, oldest first."""
+    folder = Path(root) / "decisions" / service
+    out: list[dict] = []
+    for path in sorted(folder.glob("*.jsonl")):
+        out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return out
+
+
+def last_scale_up_s(
+    root: Path, service: str, mode: str, now: pd.Timestamp, window_s: float
+) -> float | None:
+    """Epoch seconds of the latest run of ``mode`` that raised capacity, within ``window_s``
+    before ``now`` (older ones do not matter to the stabilisation guard); None if none."""
+    folder = Path(root) / "decisions" / service
+    since = now - pd.Timedelta(seconds=window_s)
+    latest = None
+    days = pd.date_range(since.normalize(), now.normalize(), freq="D")
+    for day in days:
+        path = folder / f"{day.strftime('%Y-%m-%d')}.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            data = json.loads(line)
+            if data.get("mode") != mode or not data.get("scaled_up"):
+                continue
+            at = pd.Timestamp(data["run_at"])
+            if since <= at <= now and (latest is None or at > latest):
+                latest = at
+    return None if latest is None else latest.timestamp()
+
+
+def update_counters(root: Path, record: DecisionRecord) -> dict[str, int]:
+    """Add this run to the service's cumulative counters; return them."""
+    path = Path(root) / "decisions" / record.service / "counters.json"
+    counters = {"decisions": 0, "changes_applied": 0, "errors": 0}
+    if path.exists():
+        counters.update(json.loads(path.read_text(encoding="utf-8")))
+    counters["decisions"] += 1
+    counters["changes_applied"] += record.applied
+    counters["errors"] += len(record.errors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(counters, sort_keys=True) + "\n", encoding="utf-8")
+    return counters
+
+
+def event_body(record: DecisionRecord, namespace: str, deployment: dict, now: pd.Timestamp) -> dict:
+    """A core/v1 Event on the Deployment with the run's reason and summary.
+
+    The name is derived from the Deployment and the run time, so a retried create of the same
+    run's Event meets 409 AlreadyExists instead of duplicating it.
+    """
+    meta = deployment.get("metadata", {})
+    name = meta.get("name", "unknown")
+    if record.refused:
+        reason, kind = "SurgecastRefused", "Warning"
+    elif record.errors:
+        reason, kind = "SurgecastFailed", "Warning"
+    elif record.mode == "shadow":
+        reason, kind = "SurgecastShadow", "Normal"
+    elif record.applied:
+        reason, kind = "SurgecastScaled", "Normal"
+    else:
+        reason, kind = "SurgecastUnchanged", "Normal"
+    stamp = iso(now)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{name}.surgecast.{int(now.value // 1000):x}",
+            "namespace": namespace,
+        },
+        "involvedObject": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "reason": reason,
+        "message": record.summary()[:1024],
+        "type": kind,
+        "source": {"component": "surgecast-actuator"},
+        "reportingComponent": "surgecast-actuator",
+        "reportingInstance": "surgecast-actuator",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+def push_metrics(
+    url: str, record: DecisionRecord, counters: dict[str, int], *, timeout_s: float = 5.0
+) -> None:
+    """Push the run's metrics to a Pushgateway (job ``surgecast_actuator``, group ``service``).
+
+    Metrics: cumulative decisions, applied changes and errors (counters); per Deployment the
+    planned (target) and actual replicas and cores per pod; changes applied and errors of this
+    run; the run's time; 1 when active, 0 in shadow.
+
+    Raises:
+        OSError: the push failed (the caller records it; never fatal).
+    """
+    from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+
+    registry = CollectorRegistry()
+    prefix = "surgecast_actuator"
+    for key, text in (
+        ("decisions", "Decision records written"),
+        ("changes_applied", "Changes the API server accepted"),
+        ("errors", "Errors recorded (API, events, metrics)"),
+    ):
+        Counter(f"{prefix}_{key}", text, registry=registry).inc(counters.get(key, 0))
+    run = Gauge(f"{prefix}_last_run_timestamp_seconds", "Time of the last run", registry=registry)
+    run.set(pd.Timestamp(record.run_at).timestamp())
+    Gauge(f"{prefix}_active", "1 active, 0 shadow", registry=registry).set(
+        1 if record.mode == "active" else 0
+    )
+    Gauge(
+        f"{prefix}_last_run_changes_applied", "Changes applied by the last run", registry=registry
+    ).set(record.applied)
+    Gauge(f"{prefix}_last_run_errors", "Errors of the last run", registry=registry).set(
+        len(record.errors)
+    )
+    gauges = {
+        (kind, what): Gauge(
+            f"{prefix}_{kind}_{what}",
+            f"{kind.capitalize()} {what} per Deployment",
+            ["deployment"],
+            registry=registry,
+        )
+        for kind in ("planned", "actual")
+        for what in ("replicas", "cores")
+    }
+    for workload in record.workloads:
+        if workload.target:
+            gauges["planned", "replicas"].labels(workload.deployment).set(
+                workload.target["replicas"]
+            )
+            gauges["planned", "cores"].labels(workload.deployment).set(workload.target["cores"])
+        actual = workload.after or workload.current
+        if actual:
+            gauges["actual", "replicas"].labels(workload.deployment).set(actual["replicas"])
+            gauges["actual", "cores"].labels(workload.deployment).set(actual["cores"])
+    push_to_gateway(
+        url,
+        job="surgecast_actuator",
+        registry=registry,
+        grouping_key={"service": record.service},
+        timeout=timeout_s,
+    )

@@ -1,0 +1,14 @@
+"""A faithful subset of the Kubernetes API for the actuator's tests, served over HTTP on
+loopback and driven only through the official client.
+
+No kube-apiserver can run on the test machines, so this package plays one: Deployments with the
+scale subresource, a ReplicaSet-like controller with a pod start delay, pods with the resize
+subresource and its conditions, HPAs, Events, resourceVersion conflicts, label selectors, RBAC
+from ``deploy/``, and injectable 5xx errors, timeouts and conflicts. Time is a :class:`Clock`
+the test advances.
+"""
+
+from kubeapi.cluster import BASE_EPOCH_S, Clock, FakeCluster, Node
+from kubeapi.server import FakeApiServer
+
+__all__ = ["BASE_EPOCH_S", "Clock", "FakeApiServer", "FakeCluster", "Node"]

@@ -1,0 +1,582 @@
+"""The actuator end to end against the fake API (and a real cluster with KUBECONFIG set):
+shadow first, declarative and idempotent, make-before-break, every decision on record, faults
+recorded and converged, capacity ready by the surge."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from kubeapi.cluster import Node
+from kubeapi.harness import RBAC, ClusterHarness, FakeHarness
+from typer.testing import CliRunner
+
+from actuator.apply import RunOptions, actuate
+from actuator.config import ServiceConfig, WorkloadConfig
+from actuator.guards import Bounds
+from actuator.kube import RetryPolicy
+from actuator.records import read_records
+from planner.dp import horizontal
+from planner.plan import Plan, PlanStep
+from planner.policy import ClusterState, PolicySettings, plan_two_stage
+from surgecast.cli import app
+from surgecast.planning import load_profile
+
+DEP = "resnet18"
+HARNESSES = [
+    "fake",
+    pytest.param(
+        "cluster",
+        marks=[
+            pytest.mark.cluster,
+            pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="KUBECONFIG not set"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=HARNESSES)
+def kube(request):
+    h = FakeHarness() if request.param == "fake" else ClusterHarness()
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def fake():
+    h = FakeHarness(nodes=[Node("node-1", 16_000), Node("node-2", 16_000)], request_timeout_s=0.3)
+    yield h
+    h.close()
+
+
+def service(**kw) -> ServiceConfig:
+    bounds = kw.pop("bounds", Bounds(1, 8, 1, 8, 16))
+    wl = WorkloadConfig(
+        DEP, "server", bounds=bounds, hpa=kw.pop("hpa", None), batch_env=kw.pop("batch_env", None)
+    )
+    defaults = dict(
+        mode="active",
+        run_interval_s=60.0,
+        resize_timeout_s=10.0,
+        stabilisation_s=300.0,
+        plan_expiry_s=600.0,
+    )
+    return ServiceConfig(DEP, "inference", (wl,), **{**defaults, **kw})
+
+
+def surge_plan(
+    now: pd.Timestamp, replicas=5, cores=3, lead_s=30.0, kind="scale-out", service_name=DEP
+) -> Plan:
+    effective = now + pd.Timedelta(seconds=lead_s)
+    step = PlanStep(
+        effective, now, (replicas,), (cores,), (4,), "surge forecast at T", 90.0, 300.0, kind
+    )
+    return Plan(service_name, now, (step,), 0.95, 750.0, (DEP,))
+
+
+def run(h, plan, cfg, tmp_path, now=None, **opts) -> object:
+    options = RunOptions(
+        retry=RetryPolicy(attempts=4, backoff_s=0.5, request_timeout_s=0.3),
+        poll_s=1.0,
+        sleep=h.sleep,
+        **opts,
+    )
+    return actuate(
+        plan,
+        [cfg],
+        h.api,
+        now=now if now is not None else h.now(),
+        artifacts=tmp_path,
+        options=options,
+    )
+
+
+def outcomes(record) -> list[tuple[str, str]]:
+    return [(c.what, c.outcome) for c in record.changes]
+
+
+# --------------------------------------------------------------------------------------------
+# behaviour (fake API, and a real cluster when KUBECONFIG is set)
+
+
+def test_shadow_patches_nothing_and_says_what_it_would_do(kube, tmp_path):
+    kube.add_deployment(DEP, replicas=2, cores=2)
+    before = kube.state(DEP)
+    record = run(kube, surge_plan(kube.now()), service(mode="shadow"), tmp_path)
+    assert kube.state(DEP) == before
+    assert outcomes(record) == [("replicas", "dry-run"), ("cpu", "dry-run"), ("cpu", "dry-run")]
+    assert record.mode == "shadow" and not record.errors
+    if kube.kind == "fake":
+        writes = kube.server.writes()
+        assert len(writes) == 3 and all(p.endswith("?dryRun=All") for _, p, _ in writes)
+    assert [e["reason"] for e in kube.events(DEP)] == ["SurgecastShadow"]
+
+
+def test_active_scale_out_and_resize_then_rerun_is_a_no_op(kube, tmp_path):
+    kube.add_deployment(DEP, replicas=2, cores=2)
+    plan = surge_plan(kube.now())
+    record = run(kube, plan, service(), tmp_path)
+    assert outcomes(record) == [("replicas", "applied"), ("cpu", "applied"), ("cpu", "applied")]
+    assert [c.resize for c in record.changes[1:]] == ["done", "done"]
+    kube.advance(31)
+    state = kube.state(DEP)
+    assert state["replicas"] == 5 and state["ready"] == 5
+    # New pods started from the template (2 cores); the next run resizes them once ready.
+    assert state["ready_millicores"] == [2000, 2000, 2000, 3000, 3000]
+    again = run(kube, plan, service(), tmp_path)
+    assert outcomes(again) == [("cpu", "applied")] * 3
+    kube.advance(3)
+    assert kube.state(DEP)["ready_millicores"] == [3000] * 5
+    third = run(kube, plan, service(), tmp_path)
+    assert third.changes == [] and kube.state(DEP)["ready_millicores"] == [3000] * 5
+    assert len(read_records(tmp_path, DEP)) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# records, events, metrics
+
+
+def test_record_has_the_contract_fields_and_one_line_per_run(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    plan = surge_plan(fake.now(), replicas=20)
+    run(fake, plan, service(), tmp_path)
+    files = list((tmp_path / "decisions" / DEP).glob("*.jsonl"))
+    assert [f.name for f in files] == ["2025-06-02.jsonl"]
+    (line,) = files[0].read_text().splitlines()
+    rec = json.loads(line)
+    for key in (
+        "service",
+        "mode",
+        "run_at",
+        "inputs",
+        "quantile",
+        "chosen_step",
+        "workloads",
+        "changes",
+        "errors",
+        "event",
+        "metrics",
+        "refused",
+        "scaled_up",
+    ):
+        assert key in rec
+    assert rec["quantile"] == 0.95 and rec["chosen_step"]["replicas"] == [20]
+    (wl,) = rec["workloads"]
+    assert wl["wanted"]["replicas"] == 20 and wl["target"]["replicas"] == 8
+    assert wl["bound_by"][0].startswith("bounds:")
+    assert wl["after"]["replicas"] == 8
+    assert rec["event"].startswith("SurgecastScaled")
+    (event,) = fake.events(DEP)
+    assert event["involvedObject"]["kind"] == "Deployment" and event["type"] == "Normal"
+    assert "replicas 2->8 applied" in event["message"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    binary = shutil.which("prometheus-pushgateway")
+    if binary is None:
+        pytest.fail("prometheus-pushgateway is not installed (scripts/test installs it)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}/-/ready", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_metrics_reach_the_pushgateway(fake, tmp_path, pushgateway):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    cfg = service(pushgateway_url=pushgateway)
+    record = run(fake, surge_plan(fake.now()), cfg, tmp_path)
+    assert record.metrics.startswith("pushed")
+    run(fake, surge_plan(fake.now()), cfg, tmp_path)
+    text = urllib.request.urlopen(f"{pushgateway}/metrics", timeout=5).read().decode()
+    lines = {
+        ln.split(" ")[0]: float(ln.split(" ")[1])
+        for ln in text.splitlines()
+        if ln.startswith("surgecast_actuator") and " " in ln
+    }
+    key = '{instance="",job="surgecast_actuator",service="resnet18"}'
+    assert lines[f"surgecast_actuator_decisions_total{key}"] == 2.0
+    assert lines[f"surgecast_actuator_changes_applied_total{key}"] == 3.0
+    planned = (
+        'surgecast_actuator_planned_replicas{deployment="resnet18",instance="",'
+        'job="surgecast_actuator",service="resnet18"}'
+    )
+    assert lines[planned] == 5.0
+    assert any(k.startswith("surgecast_actuator_actual_cores") for k in lines)
+
+
+def test_pushgateway_failure_is_recorded_not_fatal(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    cfg = service(pushgateway_url=f"http://127.0.0.1:{_free_port()}")
+    record = run(fake, surge_plan(fake.now()), cfg, tmp_path)
+    assert record.metrics.startswith("failed") and record.errors[-1].startswith("pushgateway")
+    assert fake.state(DEP)["replicas"] == 5
+
+
+# --------------------------------------------------------------------------------------------
+# HPA and template
+
+
+def test_with_an_hpa_the_actuator_moves_min_replicas_not_the_scale(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    fake.cluster.add_hpa("inference", "resnet18-hpa", DEP, min_replicas=2, max_replicas=10)
+    record = run(fake, surge_plan(fake.now(), cores=2), service(), tmp_path)
+    assert outcomes(record) == [("hpa minReplicas", "applied")]
+    assert record.workloads[0].hpa == "resnet18-hpa"
+    assert fake.state(DEP)["hpa_min"] == 5 and fake.state(DEP)["replicas"] == 5
+    assert not any("/scale" in p for _, p, _ in fake.server.writes())
+    # Lower back once the scale-in is effective and the stabilisation has passed.
+    later = fake.now() + pd.Timedelta(seconds=400)
+    fake.advance(400)
+    down = Plan(
+        DEP,
+        later,
+        (PlanStep(later, later, (3,), (2,), (4,), "quiet", 1, 1, "scale-in"),),
+        0.95,
+        750.0,
+        (DEP,),
+    )
+    run(fake, down, service(), tmp_path)
+    assert fake.state(DEP)["hpa_min"] == 3 and fake.state(DEP)["replicas"] == 3
+
+
+def test_template_is_rewritten_only_while_load_is_stable(tmp_path):
+    from kubeapi.harness import RBAC_TEMPLATE
+
+    h = FakeHarness(rbac_files=[RBAC, RBAC_TEMPLATE])
+    try:
+        h.add_deployment(DEP, replicas=2, cores=2, batch_env="BATCH_SIZE", batch=4)
+        cfg = service(rewrite_template=True, batch_env="BATCH_SIZE")
+        surge = run(h, surge_plan(h.now(), replicas=2, cores=3), cfg, tmp_path)
+        assert outcomes(surge)[-1] == ("template", "skipped")
+        assert h.state(DEP)["template_millicores"] == 2000
+        h.advance(400)
+        stable = surge_plan(h.now(), replicas=2, cores=3, kind="hold", lead_s=0)
+        record = run(h, stable, cfg, tmp_path)
+        assert outcomes(record) == [("template", "applied")]
+        h.advance(31)
+        state = h.state(DEP)
+        assert state["template_millicores"] == 3000 and state["ready_millicores"] == [3000] * 2
+    finally:
+        h.close()
+
+
+# --------------------------------------------------------------------------------------------
+# faults: every case recorded, nothing outside the guards, re-runs converge
+
+
+def _converge(h, plan, cfg, tmp_path, runs=4) -> dict:
+    """Re-run the same plan (time moving on, as scheduled runs do) until the state is fixed."""
+    states = []
+    for _ in range(runs):
+        run(h, plan, cfg, tmp_path, now=plan.cutoff)
+        h.advance(35)
+        states.append(h.state(DEP))
+    assert states[-1] == states[-2], "re-runs did not converge"
+    return states[-1]
+
+
+CLEAN_END = {"replicas": 5, "ready": 5, "ready_millicores": [3000] * 5}
+
+
+def _end(state: dict) -> dict:
+    return {k: state[k] for k in CLEAN_END}
+
+
+FAULTS = {
+    # name: (inject(harness), expected outcomes of the faulty run, expected converged state)
+    "5xx on scale, retried": (
+        lambda h: h.faults.fail(r"/scale$", 503, times=2, method="PATCH"),
+        [("replicas", "applied"), ("cpu", "applied"), ("cpu", "applied")],
+        CLEAN_END,
+    ),
+    "5xx on resize beyond retries": (
+        lambda h: h.faults.fail(r"/resize$", 500, times=4, method="PATCH"),
+        [("replicas", "applied"), ("cpu", "failed"), ("cpu", "not attempted")],
+        CLEAN_END,
+    ),
+    "5xx on every read": (
+        lambda h: h.faults.fail(r"/deployments/resnet18$", 503, times=4, method="GET"),
+        [],
+        CLEAN_END,
+    ),
+    "timeout on scale (write landed)": (
+        lambda h: h.faults.delay(r"/scale$", 0.6, times=1, method="PATCH"),
+        [("replicas", "applied"), ("cpu", "applied"), ("cpu", "applied")],
+        CLEAN_END,
+    ),
+    "timeouts on every resize (writes landed)": (
+        lambda h: h.faults.delay(r"/resize$", 0.6, times=4, method="PATCH"),
+        [("replicas", "applied"), ("cpu", "applied"), ("cpu", "applied")],
+        CLEAN_END,
+    ),
+    "409 conflicts, retried on a fresh read": (
+        lambda h: h.faults.conflict_next_writes(3),
+        [("replicas", "applied"), ("cpu", "applied"), ("cpu", "applied")],
+        CLEAN_END,
+    ),
+    "409 conflicts beyond retries": (
+        lambda h: h.faults.conflict_next_writes(4),
+        [("replicas", "failed"), ("cpu", "not attempted"), ("cpu", "not attempted")],
+        CLEAN_END,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_api_faults_are_recorded_and_reruns_converge(fake, tmp_path, name):
+    inject, expected, end = FAULTS[name]
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    plan = surge_plan(fake.now())
+    inject(fake)
+    record = run(fake, plan, service(), tmp_path)
+    assert outcomes(record) == expected
+    assert fake.faults.fired, "the fault never fired"
+    state = fake.state(DEP)
+    assert 2 <= state["replicas"] <= 5 and max(state["desired_millicores"]) <= 3000
+    failed = [c for c in record.changes if c.outcome == "failed"]
+    assert all(c.errors for c in failed)
+    if failed or not record.changes:
+        assert record.errors and record.to_dict()["event"]
+    assert _end(_converge(fake, plan, service(), tmp_path)) == end
+
+
+def test_resize_infeasible_falls_back_to_replicas(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    plan = surge_plan(fake.now(), replicas=2, cores=17)  # no 16-core node fits 17 cores
+    record = run(fake, plan, service(bounds=Bounds(1, 8, 1, 32, 16)), tmp_path)
+    assert [(c.what, c.outcome, c.resize) for c in record.changes] == [
+        ("cpu", "applied", "Infeasible"),
+        ("cpu", "applied", "Infeasible"),
+        ("fallback replicas", "applied", None),
+    ]
+    # 2 pods short of 15 cores each = 30 cores = 2 pods of 17 cores: 4 replicas.
+    assert record.changes[-1].after == 4 and fake.state(DEP)["replicas"] == 4
+    again = run(fake, plan, service(bounds=Bounds(1, 8, 1, 32, 16)), tmp_path)
+    assert fake.state(DEP)["replicas"] == 4, "a re-run must not add replicas again"
+    assert ("fallback replicas", "applied") not in outcomes(again)
+
+
+def test_resize_deferred_beyond_the_timeout_falls_back_to_replicas(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    names = [p["metadata"]["name"] for p in fake.cluster.pods_of("inference", DEP)]
+    fake.cluster.deferred.update(names)
+    start = fake.now()
+    record = run(
+        fake, surge_plan(start, replicas=2, cores=3), service(resize_timeout_s=10), tmp_path
+    )
+    assert [c.resize for c in record.changes[:2]] == ["Deferred", "Deferred"]
+    assert record.changes[2].what == "fallback replicas" and record.changes[2].after == 3
+    assert (fake.now() - start).total_seconds() == pytest.approx(10.0)
+    fake.cluster.deferred.clear()  # room again: the kubelet resizes, the fallback stays (held)
+    fake.advance(40)
+    run(fake, surge_plan(start, replicas=2, cores=3), service(), tmp_path, now=start)
+    assert fake.state(DEP)["replicas"] == 3
+
+
+def test_expired_plan_is_never_applied(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    old = fake.now() - pd.Timedelta(seconds=601)
+    record = run(fake, surge_plan(old), service(), tmp_path)
+    assert "expired" in record.refused and record.changes == []
+    assert fake.server.writes() == [] and fake.state(DEP)["replicas"] == 2
+    assert [e["reason"] for e in fake.events(DEP)] == ["SurgecastRefused"]
+    assert read_records(tmp_path, DEP)[0]["refused"] == record.refused
+
+
+def test_unknown_workload_is_not_touched_at_all(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    record = run(fake, surge_plan(fake.now(), service_name="other"), service(), tmp_path)
+    assert "allow-list" in record.refused
+    assert fake.server.log == []  # not even a read
+    assert read_records(tmp_path, "other")[0]["refused"] == record.refused
+
+
+def test_plan_outside_the_bounds_is_clamped_and_says_so(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    record = run(
+        fake, surge_plan(fake.now(), replicas=50, cores=2), service(max_replica_step=4), tmp_path
+    )
+    assert record.workloads[0].target["replicas"] == 6
+    assert [n.split(":")[0] for n in record.workloads[0].bound_by] == ["step limit"]
+    record = run(
+        fake, surge_plan(fake.now(), replicas=50, cores=2), service(max_replica_step=4), tmp_path
+    )
+    assert [n.split(":")[0] for n in record.workloads[0].bound_by] == ["step limit", "bounds"]
+    assert fake.state(DEP)["replicas"] == 8
+
+
+def test_forbidden_verb_is_recorded_and_nothing_else_changes(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    fake.advance(400)
+    stable = surge_plan(fake.now(), replicas=2, cores=3, kind="hold", lead_s=0)
+    cfg = service(rewrite_template=True)  # rbac.yaml does not grant patch deployments
+    record = run(fake, stable, cfg, tmp_path)
+    assert outcomes(record) == [("cpu", "applied"), ("cpu", "applied"), ("template", "failed")]
+    assert record.changes[-1].errors[0].startswith("403")
+    assert any(e.startswith("deployments/resnet18: 403") for e in record.errors)
+    assert fake.state(DEP)["template_millicores"] == 2000
+    again = run(fake, stable, cfg, tmp_path)
+    assert outcomes(again) == [("template", "failed")]
+
+
+# --------------------------------------------------------------------------------------------
+# the timing bar
+
+
+def _surge_plan_from_planner(cutoff: pd.Timestamp, surge_at_min: int) -> tuple[Plan, object]:
+    """The two-stage planner's plan for a forecast that jumps from 40 to 160 rps."""
+    pipeline = load_profile("resnet18")
+    now_state = horizontal(pipeline, 40.0, 750.0)
+    loads = np.array([40.0] * (surge_at_min - 1) + [160.0] * 6)
+    settings = PolicySettings(slo_ms=750.0, cold_start_s=30.0, resize_s=2.0)
+    plan = plan_two_stage(
+        DEP, pipeline, ClusterState.of(now_state.stages), 40.0, loads, 60.0, cutoff, settings
+    )
+    return plan, pipeline
+
+
+@pytest.mark.parametrize("interval_s", [60.0, 300.0, 30.0])
+def test_surge_capacity_is_ready_by_T_with_a_30_s_start_delay(tmp_path, interval_s):
+    h = FakeHarness(start_delay_s=30.0)
+    try:
+        cutoff = h.now()
+        plan, pipeline = _surge_plan_from_planner(cutoff, surge_at_min=10)
+        (step,) = [s for s in plan.steps if s.kind == "scale-out"]
+        T = step.effective_at
+        assert (T - step.apply_at).total_seconds() == 30.0
+        h.add_deployment(DEP, replicas=1, cores=2)
+        cfg = service(run_interval_s=interval_s)
+        profile = pipeline.stages[0]
+
+        def ready_rps() -> float:
+            cores = h.state(DEP)["ready_millicores"]
+            return sum(float(profile.throughput_rps(step.batch[0], m // 1000)) for m in cores)
+
+        ready_at, t = None, cutoff
+        while t <= T + pd.Timedelta(seconds=60):
+            if (t - cutoff).total_seconds() % interval_s == 0:
+                run(h, plan, cfg, tmp_path, now=t)
+            if ready_at is None and ready_rps() >= step.capacity_rps:
+                ready_at = t
+            h.advance(1.0)
+            t = h.now()
+        lead = (T - ready_at).total_seconds()
+        print(
+            f"interval {interval_s:g} s: capacity {step.capacity_rps:.0f} rps ready at "
+            f"T - {lead:.0f} s"
+        )
+        assert ready_at <= T
+    finally:
+        h.close()
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _kubeconfig(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": url}}],
+                "users": [{"name": "fake", "user": {"token": "test"}}],
+                "contexts": [
+                    {
+                        "name": "fake",
+                        "context": {"cluster": "fake", "user": "fake", "namespace": "inference"},
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_cli_apply_shadow_then_active(fake, tmp_path):
+    fake.add_deployment(DEP, replicas=2, cores=2)
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(surge_plan(fake.now()).to_dict()))
+    cfg = tmp_path / "service.toml"
+    cfg.write_text(
+        'service = "resnet18"\nnamespace = "inference"\ndeployment = "resnet18"\n'
+        'container = "server"\nresize_timeout_s = 0\n'
+        "[bounds]\nmax_replicas = 8\nmax_cores = 8\n"
+    )
+    args = [
+        "apply",
+        str(plan_file),
+        "--service-config",
+        str(cfg),
+        "--kubeconfig",
+        str(_kubeconfig(tmp_path, fake.server.url)),
+        "--now",
+        fake.now().isoformat(),
+        "--artifacts",
+        str(tmp_path / "art"),
+    ]
+    runner = CliRunner()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "resnet18 replicas 2 -> 5: dry-run (surge forecast at T)" in result.output
+    assert "shadow run; record:" in result.output and fake.state(DEP)["replicas"] == 2
+    result = runner.invoke(app, [*args, "--active"])
+    assert result.exit_code == 0, result.output
+    assert "resnet18 replicas 2 -> 5: applied" in result.output
+    assert fake.state(DEP)["replicas"] == 5
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--service-config", "missing.toml"], "service config file not found"),
+        (["--now", "yesterday"], "--now"),
+        (["--kubeconfig", "nope"], "--kubeconfig"),
+    ],
+)
+def test_cli_apply_bad_input_is_one_line_exit_2(tmp_path, extra, message):
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(surge_plan(pd.Timestamp("2025-06-02T08:00:00Z")).to_dict()))
+    result = CliRunner().invoke(app, ["apply", str(plan_file), *extra])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_apply_bad_plan_file(tmp_path):
+    bad = tmp_path / "plan.json"
+    bad.write_text('{"service": "x"}')
+    result = CliRunner().invoke(app, ["apply", str(bad)])
+    assert result.exit_code == 2 and "not a plan" in result.output

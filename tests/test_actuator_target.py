@@ -1,0 +1,241 @@
+"""The actuator's pure parts: service config validation, timing of due steps, the guard chain,
+the resize fallback, patches and quantities."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actuator import pods as P
+from actuator.config import ServiceConfig, WorkloadConfig
+from actuator.errors import ActuatorInputError
+from actuator.guards import Bounds
+from actuator.kube import cpu_millicores, cpu_quantity
+from actuator.target import (
+    Floor,
+    due_steps,
+    fallback_replicas,
+    refusal,
+    stage_target,
+    wanted_state,
+)
+from planner.dp import StageConfig
+from planner.plan import Plan, PlanStep
+
+T0 = pd.Timestamp("2025-06-02T08:00:00Z")
+
+
+def _s(seconds: float) -> pd.Timestamp:
+    return T0 + pd.Timedelta(seconds=seconds)
+
+
+def step(apply_s, effective_s, replicas, cores, kind="scale-out", batch=4) -> PlanStep:
+    return PlanStep(
+        _s(effective_s), _s(apply_s), (replicas,), (cores,), (batch,), kind, 100.0, 100.0, kind
+    )
+
+
+def plan(*steps, service="resnet18") -> Plan:
+    return Plan(service, T0, steps, 0.95, 750.0, ("resnet18",))
+
+
+def config(**kw) -> ServiceConfig:
+    wl = WorkloadConfig("resnet18", "server", bounds=kw.pop("bounds", Bounds(1, 20, 1, 8, 16)))
+    return ServiceConfig("resnet18", "inference", (wl,), **kw)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (dict(mode="live"), "mode"),
+        (dict(namespace="Bad_NS"), "namespace"),
+        (dict(max_replica_step=0), "max_replica_step"),
+        (dict(plan_expiry_s=-1), "plan_expiry_s"),
+        (dict(stabilisation_s=float("nan")), "stabilisation_s"),
+        (dict(pushgateway_url="localhost:9091"), "pushgateway_url"),
+        (dict(workloads=()), "workloads"),
+    ],
+)
+def test_config_errors_are_one_line_and_name_the_field(change, field):
+    base = dict(
+        service="resnet18", namespace="inference", workloads=(WorkloadConfig("resnet18", "server"),)
+    )
+    with pytest.raises(ActuatorInputError) as err:
+        ServiceConfig(**{**base, **change})
+    assert str(err.value).startswith(field) and "\n" not in str(err.value)
+
+
+def test_config_from_dict_flat_and_nested():
+    flat = ServiceConfig.from_dict(
+        {
+            "service": "r",
+            "namespace": "inference",
+            "deployment": "r",
+            "container": "server",
+            "bounds": {"max_replicas": 9},
+        }
+    )
+    assert flat.workloads[0].bounds.max_replicas == 9 and flat.mode == "shadow"
+    with pytest.raises(ActuatorInputError, match=r"workloads\[0\]\.bounds: unknown key"):
+        ServiceConfig.from_dict(
+            {
+                "service": "r",
+                "namespace": "inference",
+                "workloads": [{"deployment": "r", "container": "c", "bounds": {"max_replica": 3}}],
+            }
+        )
+    with pytest.raises(ActuatorInputError, match="bounds: need 1 <= min_replicas"):
+        ServiceConfig.from_dict(
+            {
+                "service": "r",
+                "namespace": "inference",
+                "deployment": "r",
+                "container": "c",
+                "bounds": {"min_replicas": 0},
+            }
+        )
+    with pytest.raises(ActuatorInputError, match="missing key"):
+        ServiceConfig.from_dict({"service": "r", "deployment": "r", "container": "c"})
+
+
+def test_only_steps_due_before_the_next_run_are_applied():
+    p = plan(step(0, 2, 2, 4, "bridge"), step(250, 280, 6, 2), step(400, 430, 8, 2))
+    assert [s.replicas for s in due_steps(p, _s(0), 300)] == [(2,), (6,)]
+    assert [s.replicas for s in due_steps(p, _s(101), 300)] == [(2,), (6,), (8,)]
+    assert due_steps(p, _s(0), 200)[-1].replicas == (2,)
+
+
+def test_scale_up_early_scale_down_only_once_effective():
+    current = StageConfig(2, 2, 4)
+    bridge, consolidate = step(0, 2, 2, 4, "bridge"), step(0, 30, 6, 1, "consolidate")
+    # Before the bridge is effective: replicas and cores both rise early, nothing shrinks.
+    assert wanted_state((bridge, consolidate), 0, current, _s(0)) == StageConfig(6, 4, 4)
+    # The bridge is effective, consolidation not yet: running pods keep their 4 cores.
+    assert wanted_state((bridge, consolidate), 0, current, _s(10)) == StageConfig(6, 4, 4)
+    # Both effective: the latest wins, the pods shrink to 1 core.
+    assert wanted_state((bridge, consolidate), 0, current, _s(30)) == StageConfig(6, 1, 4)
+    assert wanted_state((), 0, current, _s(30)) == current
+
+
+def test_refusals_expired_unknown_service_and_unmapped_stage():
+    p = plan(step(0, 0, 2, 2, "hold"))
+    assert refusal(p, config(), _s(10)) is None
+    assert "expired" in refusal(p, config(plan_expiry_s=60), _s(61))
+    assert "allow-list" in refusal(plan(step(0, 0, 2, 2, "hold"), service="other"), config(), _s(0))
+    two = Plan(
+        "resnet18",
+        T0,
+        (PlanStep(_s(0), _s(0), (1, 1), (1, 1), (1, 1), "x", 1, 1, "hold"),),
+        0.95,
+        750.0,
+        ("a", "b"),
+    )
+    assert "no Deployment" in refusal(two, config(), _s(0))
+
+
+def test_guard_chain_order_floor_stabilisation_step_bounds():
+    cfg = config(max_replica_step=3, stabilisation_s=300, bounds=Bounds(1, 10, 1, 4, 16))
+    wl = cfg.workloads[0]
+    current = StageConfig(4, 2, 4)
+    up = stage_target(cfg, wl, 0, (step(0, 0, 40, 16),), current, now=_s(0), last_scale_up_s=None)
+    assert up.target == StageConfig(7, 4, 4)
+    assert [n.split(":")[0] for n in up.notes] == ["step limit", "bounds"]
+    down = stage_target(
+        cfg,
+        wl,
+        0,
+        (step(0, 0, 1, 1, "scale-in"),),
+        current,
+        now=_s(100),
+        last_scale_up_s=_s(0).timestamp(),
+    )
+    assert down.target == current and down.notes[0].startswith("stabilisation")
+    floor = Floor(100.0, lambda c: c.replicas * c.cores * 10.0, StageConfig(5, 2, 4))
+    low = stage_target(
+        cfg,
+        wl,
+        0,
+        (step(0, 0, 4, 1, "scale-in"),),
+        current,
+        now=_s(1000),
+        last_scale_up_s=None,
+        floor=floor,
+    )
+    assert low.target == StageConfig(5, 2, 4) and low.notes[0].startswith("reactive floor")
+
+
+@given(
+    st.integers(1, 30),
+    st.integers(1, 16),
+    st.integers(1, 30),
+    st.integers(1, 16),
+    st.integers(1, 5),
+    st.integers(0, 600),
+)
+def test_targets_always_within_bounds_and_step(cur_n, cur_c, want_n, want_c, max_step, since):
+    cfg = config(max_replica_step=max_step, bounds=Bounds(2, 12, 1, 8, 16))
+    current = StageConfig(cur_n, cur_c, 4)
+    got = stage_target(
+        cfg,
+        cfg.workloads[0],
+        0,
+        (step(0, 0, want_n, want_c),),
+        current,
+        now=_s(600),
+        last_scale_up_s=_s(600 - since).timestamp(),
+    ).target
+    assert 2 <= got.replicas <= 12 and 1 <= got.cores <= 8
+    if 2 <= cur_n <= 12:
+        assert abs(got.replicas - cur_n) <= max_step
+
+
+def test_fallback_adds_replicas_for_missing_cores_within_bounds():
+    wl = WorkloadConfig("r", "c", bounds=Bounds(1, 6, 1, 8, 8))
+    assert fallback_replicas(StageConfig(3, 4, 1), 0, wl) == (3, None)
+    assert fallback_replicas(StageConfig(3, 4, 1), 4000, wl) == (4, None)
+    assert fallback_replicas(StageConfig(3, 4, 1), 4001, wl) == (5, None)
+    n, note = fallback_replicas(StageConfig(3, 4, 1), 40_000, wl)
+    assert n == 6 and note.startswith("bounds")
+
+
+def test_quantities_and_patches():
+    assert [cpu_millicores(q) for q in ("2", "500m", "1.5", 3, "250000u")] == [
+        2000,
+        500,
+        1500,
+        3000,
+        250,
+    ]
+    assert cpu_quantity(4) == "4"
+    with pytest.raises(ValueError):
+        cpu_millicores("two")
+    pod = {
+        "metadata": {"name": "p", "resourceVersion": "7"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "server",
+                    "resources": {
+                        "requests": {"cpu": "2", "memory": "1Gi"},
+                        "limits": {"cpu": "2", "memory": "1Gi"},
+                    },
+                }
+            ]
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    body = P.resize_patch(pod, "server", 3)
+    assert body == {
+        "metadata": {"resourceVersion": "7"},
+        "spec": {
+            "containers": [
+                {"name": "server", "resources": {"requests": {"cpu": "3"}, "limits": {"cpu": "3"}}}
+            ]
+        },
+    }
+    assert P.resize_patch(pod, "server", 2) is None
+    assert P.scale_patch({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 7}}, 7) is None
+    hpa = {"metadata": {"resourceVersion": "1"}, "spec": {"minReplicas": 2, "maxReplicas": 5}}
+    assert P.hpa_patch(hpa, 9)["spec"] == {"minReplicas": 5}
