@@ -609,3 +609,78 @@ def apply_cmd(
 
 def run() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[
+        Path, typer.Option(help="Service config (YAML), e.g. data/services.example.yaml.")
+    ],
+    once: Annotated[
+        bool, typer.Option("--once", help="One cycle for every service, then exit.")
+    ] = False,
+    now: Annotated[
+        str | None,
+        typer.Option(help="The cycle's time (ISO 8601, UTC); with --once. Default: now."),
+    ] = None,
+    service: Annotated[
+        list[str] | None, typer.Option(help="Only this service (repeatable).")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Validate the config, list the services, exit.")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Delete artifacts older than the retention after each cycle.")
+    ] = True,
+) -> None:
+    """ingest -> forecast -> plan -> actuate for every service; one line per service.
+
+    Exit code 1 when a service could not act (the line and its decision record say why).
+    Without --once, runs a cycle at every multiple of run_interval_s until interrupted.
+    """
+    import time
+
+    import pandas as pd
+
+    from surgecast.pipeline import prune as prune_store
+    from surgecast.pipeline import run_once
+    from surgecast.settings import load_settings
+    from surgecast.stages import parse_utc
+
+    try:
+        settings = load_settings(config)
+        for name in service or []:
+            settings.service(name)
+        when = parse_utc(now, "--now") if now is not None else None
+    except BadInputError as exc:
+        raise _fail(str(exc)) from None
+    if check:
+        for svc in settings.services:
+            console.print(
+                f"{svc.name}: {svc.mode}, {svc.namespace}/"
+                f"{','.join(w.deployment for w in svc.workloads)}, profile {svc.profile}, "
+                f"model {svc.forecast.model}, SLO {svc.slo_ms:g} ms",
+                highlight=False,
+                soft_wrap=True,
+            )
+        return
+    if when is not None and not once:
+        raise _fail("--now: only with --once (a loop takes its time from the clock)")
+
+    def cycle(at: pd.Timestamp) -> bool:
+        def show(run) -> None:
+            console.print(run.line, highlight=False, soft_wrap=True, markup=False)
+
+        runs = run_once(settings, at, services=service or None, progress=show)
+        if prune:
+            prune_store(settings, at)
+        return all(r.ok for r in runs)
+
+    interval = pd.Timedelta(seconds=settings.run_interval_s)
+    if once:
+        ok = cycle(when if when is not None else pd.Timestamp.now(tz="UTC").floor(interval))
+        raise typer.Exit(code=0 if ok else 1)
+    while True:  # pragma: no cover - a daemon loop; each cycle is tested through --once
+        wall = pd.Timestamp.now(tz="UTC")
+        time.sleep(max(0.0, ((wall.floor(interval) + interval) - wall).total_seconds()))
+        cycle(pd.Timestamp.now(tz="UTC").floor(interval))
