@@ -572,6 +572,24 @@ class CeemdanHybrid(Forecaster):
     def _combiner_steps(self) -> int:
         return max(self.calibration_every * 12, round(self.combiner_days * self.season_))
 
+    def reuse_decompositions(self, previous: CeemdanHybrid) -> CeemdanHybrid:
+        """Start from ``previous``'s memo of window decompositions, so that a refit on history
+        that overlaps the last one decomposes only the windows it has not seen.
+
+        The memo maps a window (its end time and its values) to its components, a pure
+        function of that window for fixed window length, K, trials and seed; it is shared only
+        when those agree, so the refit's result is unchanged.
+        """
+        same = (self.window, self.n_imfs, self.trials, self.seed) == (
+            previous.window,
+            previous.n_imfs,
+            previous.trials,
+            previous.seed,
+        )
+        if same:
+            self.comp_._cache = previous.comp_._cache
+        return self
+
     def _learners(self) -> tuple[_DirectLightGBM, _DirectLightGBM]:
         for learner in (self.raw_, self.comp_):
             learner.step_ = self.step_

@@ -22,6 +22,7 @@ import pandas as pd
 from actuator.guards import Bounds, hold_scale_in, within_bounds
 from forecasting.cleaning import fill_gaps
 from forecasting.errors import BadInputError
+from forecasting.models import CeemdanHybrid
 from planner.dp import StageConfig, horizontal
 from planner.policy import PolicySettings
 from planner.profiles import Pipeline
@@ -212,7 +213,10 @@ class ModelForecaster:
             train = self.history.loc[
                 now - pd.Timedelta(days=self.settings.train_days) : now - pd.Timedelta(minutes=1)
             ]
-            self.model = self.make().fit(train)
+            model = self.make()
+            if isinstance(model, CeemdanHybrid) and isinstance(self.model, CeemdanHybrid):
+                model.reuse_decompositions(self.model)  # refits overlap: decompose new windows
+            self.model = model.fit(train)
             self.fitted_at = now
         cutoff = now - pd.Timedelta(minutes=1)  # the last complete minute
         forecast = self.model.forecast(self.history.loc[:cutoff], cutoff=cutoff)

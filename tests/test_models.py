@@ -180,3 +180,22 @@ def test_combiner_weight_prefers_the_raw_learner_unless_components_earn_it() -> 
 def test_hybrid_combiner_weight_is_fitted(series: pd.Series, fitted: dict) -> None:
     weight = fitted["hybrid"].weights_
     assert 0.0 <= weight <= 1.0
+
+
+def test_a_hybrid_refit_that_reuses_decompositions_gives_the_same_model(
+    series: pd.Series, fitted: dict
+) -> None:
+    """Sharing the memo of window decompositions between refits is a pure speed-up."""
+    later = series.index[-150]
+    cold = model("hybrid").fit(series.loc[:later])
+    warm = model("hybrid").reuse_decompositions(fitted["hybrid"])
+    seen = len(warm.comp_._cache)
+    warm.fit(series.loc[:later])
+    assert seen > 0 and len(warm.comp_._cache) > seen  # reused, then extended
+    cutoff = series.index[-120]
+    a, b = cold.forecast(series, cutoff=cutoff), warm.forecast(series, cutoff=cutoff)
+    pd.testing.assert_series_equal(a.mean, b.mean)
+    pd.testing.assert_frame_equal(a.quantiles, b.quantiles)
+    # Different decomposition settings never share the memo.
+    other = model("hybrid", trials=6).reuse_decompositions(fitted["hybrid"])
+    assert other.comp_._cache is not fitted["hybrid"].comp_._cache
