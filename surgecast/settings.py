@@ -220,7 +220,7 @@ class DataSettings:
     max_staleness_s: float = 180.0
     """Refuse the history when its last sample is older than this before ``now`` (s)."""
 
-    max_gap_steps: int = 10
+    max_gap_steps: int = 60
     """Longest run of missing points that is filled; a longer gap is refused."""
 
     max_missing_share: float = 0.2
