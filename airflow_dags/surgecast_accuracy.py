@@ -14,30 +14,11 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 
-CONFIG_VARIABLE = "surgecast_config"
-CONFIG_ENV = "SURGECAST_CONFIG"
+from surgecast.dag_support import load_config, run_now
+
 SCHEDULE = os.environ.get("SURGECAST_ACCURACY_SCHEDULE", "@daily")
-
-
-def _settings():
-    from airflow.sdk import Variable
-
-    from surgecast.settings import load_settings
-
-    path = Variable.get(CONFIG_VARIABLE, default=None) or os.environ.get(CONFIG_ENV)
-    if not path:
-        raise RuntimeError(
-            f"surgecast: set the Airflow Variable {CONFIG_VARIABLE} or ${CONFIG_ENV} to the "
-            "service config file"
-        )
-    return load_settings(path)
-
-
-def _now():
-    context = get_current_context()
-    return context.get("data_interval_end") or context["dag_run"].run_after
 
 
 @dag(
@@ -53,13 +34,13 @@ def _now():
 def surgecast_accuracy():
     @task
     def services() -> list[str]:
-        return _settings().names
+        return load_config().names
 
     @task
     def accuracy(service: str) -> str:
         from surgecast.pipeline import accuracy as stage
 
-        return stage(_settings(), service, _now())
+        return stage(load_config(), service, run_now())
 
     accuracy.expand(service=services())
 

@@ -13,30 +13,11 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 
-CONFIG_VARIABLE = "surgecast_config"
-CONFIG_ENV = "SURGECAST_CONFIG"
+from surgecast.dag_support import load_config, run_now
+
 SCHEDULE = os.environ.get("SURGECAST_RETRAIN_SCHEDULE", "@daily")
-
-
-def _settings():
-    from airflow.sdk import Variable
-
-    from surgecast.settings import load_settings
-
-    path = Variable.get(CONFIG_VARIABLE, default=None) or os.environ.get(CONFIG_ENV)
-    if not path:
-        raise RuntimeError(
-            f"surgecast: set the Airflow Variable {CONFIG_VARIABLE} or ${CONFIG_ENV} to the "
-            "service config file"
-        )
-    return load_settings(path)
-
-
-def _now():
-    context = get_current_context()
-    return context.get("data_interval_end") or context["dag_run"].run_after
 
 
 @dag(
@@ -53,19 +34,19 @@ def _now():
 def surgecast_retrain():
     @task
     def services() -> list[str]:
-        return _settings().names
+        return load_config().names
 
     @task
     def retrain(service: str) -> str:
         from surgecast.pipeline import retrain as stage
 
-        return stage(_settings(), service, _now())
+        return stage(load_config(), service, run_now())
 
     @task(trigger_rule="all_done")
     def prune() -> int:
         from surgecast.pipeline import prune as stage
 
-        return len(stage(_settings(), _now()))
+        return len(stage(load_config(), run_now()))
 
     retrain.expand(service=services()) >> prune()
 

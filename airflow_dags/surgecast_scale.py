@@ -15,32 +15,11 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task, task_group
+from airflow.sdk import dag, task, task_group
 
-CONFIG_VARIABLE = "surgecast_config"
-CONFIG_ENV = "SURGECAST_CONFIG"
+from surgecast.dag_support import load_config, run_now
+
 SCHEDULE = os.environ.get("SURGECAST_SCALE_SCHEDULE", "*/5 * * * *")
-
-
-def _settings():
-    """The service config, loaded once per task (the edge: Variables and env are read here)."""
-    from airflow.sdk import Variable
-
-    from surgecast.settings import load_settings
-
-    path = Variable.get(CONFIG_VARIABLE, default=None) or os.environ.get(CONFIG_ENV)
-    if not path:
-        raise RuntimeError(
-            f"surgecast: set the Airflow Variable {CONFIG_VARIABLE} or ${CONFIG_ENV} to the "
-            "service config file"
-        )
-    return load_settings(path)
-
-
-def _now():
-    """The run's time: the end of its data interval (else when the run was due)."""
-    context = get_current_context()
-    return context.get("data_interval_end") or context["dag_run"].run_after
 
 
 @dag(
@@ -58,31 +37,31 @@ def _now():
 def surgecast_scale():
     @task
     def services() -> list[str]:
-        return _settings().names
+        return load_config().names
 
     @task
     def ingest(service: str) -> str:
         from surgecast.pipeline import ingest as stage
 
-        return stage(_settings(), service, _now())
+        return stage(load_config(), service, run_now())
 
     @task
     def forecast(service: str, history_uri: str) -> str:
         from surgecast.pipeline import forecast as stage
 
-        return stage(_settings(), service, history_uri, _now())
+        return stage(load_config(), service, history_uri, run_now())
 
     @task
     def plan(service: str, forecast_uri: str) -> str:
         from surgecast.pipeline import plan as stage
 
-        return stage(_settings(), service, forecast_uri, _now())
+        return stage(load_config(), service, forecast_uri, run_now())
 
     @task
     def actuate(service: str, plan_uri: str) -> str:
         from surgecast.pipeline import actuate as stage
 
-        return stage(_settings(), service, plan_uri, _now())
+        return stage(load_config(), service, plan_uri, run_now())
 
     @task_group
     def cycle(service: str):
