@@ -481,27 +481,19 @@ def backtest(
         except (BadInputError, PlannerInputError) as exc:
             raise _fail(str(exc)) from None
     summary = run.summary
+    requests = next(iter(summary["policies"].values()), {}).get("requests", 0)
     table = Table(
         title=(
             f"{summary['trace']}, {summary['profile']}, SLO {slo_ms:g} ms, "
-            f"{summary['seconds_simulated'] / 3600:.1f} h from {summary['start']}"
+            f"{summary['seconds_simulated'] / 3600:.1f} h from {summary['start']}, "
+            f"{requests:,} requests"
         )
     )
-    for col in (
-        "policy",
-        "requests",
-        "over SLO",
-        "rate",
-        "bad minutes",
-        "core-hours",
-        "actions",
-        "utilisation",
-    ):
-        table.add_column(col, justify="left" if col == "policy" else "right")
+    for col in ("policy", "over SLO", "share", "bad min", "core-h", "actions", "util"):
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for name, row in summary["policies"].items():
         table.add_row(
             name,
-            f"{row['requests']:,}",
             f"{row['violations']:,}",
             f"{100 * row['violation_rate']:.3f} %",
             f"{row['violation_minutes']:,}",
