@@ -11,8 +11,9 @@ from surgecast.sources import load_rps_csv
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
-# The full set of public traces (NASA, Twitter at 1 s) lives beside the repository when it is
-# checked out in the team's workspace; tests that need a trace not bundled in data/ skip without it.
+# The other public traces (NASA, Twitter at 1 s) live in shared/data/traces beside the
+# repository when it is checked out there; tests that need a trace not bundled in data/ skip
+# without it.
 SHARED_TRACES = REPO.parent / "shared" / "data" / "traces"
 
 
