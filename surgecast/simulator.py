@@ -159,7 +159,7 @@ class SimulationResult:
             np.sum(per_minute_vio > VIOLATION_MINUTE_SHARE * np.maximum(per_minute_req, 1e-9))
         )
         busy = float(self.served.sum())
-        capacity = float(np.minimum(self.capacity_rps, np.inf).sum())
+        capacity = float(self.capacity_rps.sum())
         return {
             "requests": round(requests),
             "violations": round(violations),
