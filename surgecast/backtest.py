@@ -31,6 +31,7 @@ from surgecast.simulator import (
     SimulationResult,
     SimulationSettings,
     StageView,
+    per_minute,
     simulate,
 )
 
@@ -170,9 +171,8 @@ class BacktestResult:
 
 
 def _minute_means(counts: np.ndarray, start: pd.Timestamp) -> pd.Series:
-    minutes = len(counts) // 60
-    values = counts[: minutes * 60].reshape(minutes, 60).mean(axis=1)
-    index = pd.date_range(start, periods=minutes, freq="1min", tz="UTC", name="timestamp")
+    values = per_minute(counts)
+    index = pd.date_range(start, periods=len(values), freq="1min", tz="UTC", name="timestamp")
     return pd.Series(values, index=index, name="rps")
 
 
@@ -241,17 +241,16 @@ class OracleForecaster:
         if minutes == 0:
             out = np.full(self.horizon_steps, float(window.mean()) if len(window) else 0.0)
         else:
-            out = window[: minutes * 60].reshape(minutes, 60).mean(axis=1)
+            out = per_minute(window)
             out = np.concatenate([out, np.full(self.horizon_steps - minutes, out[-1])])
         return dict.fromkeys(QUANTILE_LEVELS, out)
 
 
 def _peak_rps(counts: np.ndarray) -> float:
     """The peak load to provision for: the highest 1-minute mean of the span."""
-    minutes = len(counts) // 60
-    if minutes == 0:
+    if len(counts) < 60:
         return float(counts.max(initial=0.0))
-    return float(counts[: minutes * 60].reshape(minutes, 60).mean(axis=1).max())
+    return float(per_minute(counts).max())
 
 
 def default_bounds(pipeline: Pipeline, counts: np.ndarray, slo_ms: float) -> Bounds:

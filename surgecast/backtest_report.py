@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from surgecast.report import _CSS, _img, _new_figure, _png_bytes, _settings_html
+from surgecast.simulator import per_minute
 
 if TYPE_CHECKING:
     from surgecast.backtest import BacktestResult
@@ -28,12 +29,6 @@ _COLOURS = {
 }
 
 
-def _minutes(values: np.ndarray, how: str = "mean") -> np.ndarray:
-    n = len(values) // 60
-    block = values[: n * 60].reshape(n, 60)
-    return block.sum(axis=1) if how == "sum" else block.mean(axis=1)
-
-
 def _time_axis(result: BacktestResult, n_minutes: int) -> np.ndarray:
     start = result.start.tz_convert("UTC").tz_localize(None)
     return pd.date_range(start, periods=n_minutes, freq="1min").to_numpy()
@@ -43,7 +38,7 @@ def plot_overview(result: BacktestResult) -> bytes:
     """PNG: load and forecast; ready capacity per policy; violating requests per minute."""
     runs = result.runs
     first = next(iter(runs.values()))
-    load = _minutes(first.arrivals)
+    load = per_minute(first.arrivals)
     x = _time_axis(result, len(load))
     fig, (ax_load, ax_cap, ax_vio) = _new_figure(11, 9, rows=3)
     ax_load.plot(x, load, color="black", lw=0.8, label="load (1-min mean)")
@@ -61,9 +56,9 @@ def plot_overview(result: BacktestResult) -> bytes:
     ax_load.set_ylabel("rps")
     ax_load.legend(fontsize=8, loc="upper right")
     for name, run in runs.items():
-        ax_cap.plot(x, _minutes(run.capacity_rps), lw=0.8, color=_COLOURS.get(name), label=name)
+        ax_cap.plot(x, per_minute(run.capacity_rps), lw=0.8, color=_COLOURS.get(name), label=name)
         ax_vio.plot(
-            x, _minutes(run.violations, "sum"), lw=0.8, color=_COLOURS.get(name), label=name
+            x, per_minute(run.violations, "sum"), lw=0.8, color=_COLOURS.get(name), label=name
         )
     ax_cap.plot(x, load, color="black", lw=0.6, alpha=0.6, label="load")
     ax_cap.set_ylabel("ready capacity (rps)")

@@ -58,6 +58,14 @@ class _Replica:
     remove_at: int = -1  # -1: not being removed
 
 
+def per_minute(per_second: np.ndarray, how: str = "mean") -> np.ndarray:
+    """Whole minutes of a per-second series, as their mean (or sum); a partial last minute
+    is dropped."""
+    minutes = len(per_second) // 60
+    block = np.asarray(per_second)[: minutes * 60].reshape(minutes, 60)
+    return block.sum(axis=1) if how == "sum" else block.mean(axis=1)
+
+
 @dataclass(frozen=True)
 class StageView:
     """What a policy can see of one stage at the current second.
@@ -152,11 +160,10 @@ class SimulationResult:
         """The totals of results.json for this policy."""
         requests = self.requests
         violations = float(self.violations.sum())
-        minutes = len(self.arrivals) // 60
-        per_minute_req = self.arrivals[: minutes * 60].reshape(minutes, 60).sum(axis=1)
-        per_minute_vio = self.violations[: minutes * 60].reshape(minutes, 60).sum(axis=1)
+        minute_requests = per_minute(self.arrivals, "sum")
+        minute_violations = per_minute(self.violations, "sum")
         bad_minutes = int(
-            np.sum(per_minute_vio > VIOLATION_MINUTE_SHARE * np.maximum(per_minute_req, 1e-9))
+            np.sum(minute_violations > VIOLATION_MINUTE_SHARE * np.maximum(minute_requests, 1e-9))
         )
         busy = float(self.served.sum())
         capacity = float(self.capacity_rps.sum())
