@@ -51,10 +51,6 @@ def bridge_load(view: ClusterView) -> float:
     return view.observed_rps(OBSERVE_WINDOW_S) + backlog / DRAIN_S
 
 
-def _shapes(decision: Decision) -> list[StageConfig]:
-    return list(decision.stages)
-
-
 class _DPCache:
     """The planner's DPs memoised on whole rps (a policy asks every second)."""
 
@@ -267,7 +263,7 @@ class ThemisReactive:
                 for b, c in zip(bridge, current, strict=True)
             ]
         if view.now_s % 15 == 0 and _stable(view, self.stable_s, self.stable_band):
-            target = _shapes(self.dp.horizontal(view.observed_rps(self.stable_s)))
+            target = list(self.dp.horizontal(view.observed_rps(self.stable_s)).stages)
             if target != current:
                 return target
         return None
@@ -363,7 +359,6 @@ class Proactive:
         self._hpa_replicas = 0
         self._bridge: list[StageConfig] | None = None
         self.receding = receding
-        self.plans: list = []
 
     def decide(self, view: ClusterView) -> list[StageConfig] | None:
         now = view.now_s
@@ -442,7 +437,6 @@ class Proactive:
             settings,
             last_scale_up_at=last_up,
         )
-        self.plans.append(plan)
         self._queue = [
             _Scheduled(
                 apply_s=max(now, int((step.apply_at - self.start).total_seconds())),
