@@ -18,17 +18,21 @@ One run for one service (:func:`actuate`):
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from actuator import pods as P
 from actuator.config import ServiceConfig, WorkloadConfig
-from actuator.guards import allowed_workload
+from actuator.guards import allowed_workload, not_expired
 from actuator.kube import KubeApi, RetryPolicy, converge, describe_error, read_with_retries
+from actuator.lease import Lease, lease_name
 from actuator.records import (
     Change,
     DecisionRecord,
@@ -47,7 +51,6 @@ from actuator.target import (
     refusal,
     stage_target,
     stage_workloads,
-    wanted_state,
 )
 from planner.dp import StageConfig
 from planner.plan import Plan, iso, utc_timestamp
@@ -68,6 +71,14 @@ class RunOptions:
             every plan step is a hold or a scale-in.
         last_scale_up_s: epoch seconds of the last scale-up, for the stabilisation guard; None:
             taken from the service's decision records.
+        wall_clock: the real time (epoch seconds). An active run acts only when its ``now`` is
+            within ``max_clock_skew_s`` of it; a replayed or cleared old run only records.
+            Injected so tests drive a test clock; production keeps ``time.time``.
+        max_clock_skew_s: the largest difference between ``now`` and the wall clock an active
+            run tolerates (s).
+        identity: who holds the service's Lease while this run acts (host, process, random).
+        lease_duration_s: how long the Lease stays held if this run dies without releasing it
+            (s); longer than a run with its retries and resize timeout.
     """
 
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -75,6 +86,10 @@ class RunOptions:
     sleep: Callable[[float], None] = time.sleep
     load_stable: bool | None = None
     last_scale_up_s: float | None = None
+    wall_clock: Callable[[], float] = time.time
+    max_clock_skew_s: float = 120.0
+    identity: str = field(default_factory=lambda: default_identity())
+    lease_duration_s: float = 180.0
 
 
 @dataclass
@@ -96,10 +111,12 @@ class _Run:
     artifacts: Path
     stopped: bool = False
     observed: dict[str, _Observed] = field(default_factory=dict)
+    lease: Lease | None = None
 
     @property
     def dry_run(self) -> bool:
-        return not self.config.active
+        """Shadow mode, or an active run that may only record (``record.held`` says why)."""
+        return not self.config.active or self.record.held is not None
 
 
 def actuate(
@@ -130,6 +147,7 @@ def actuate(
     now = utc_timestamp(now, "now")
     options = options or RunOptions()
     config = next((c for c in services if c.service == plan.service), None)
+    problems: list[str] = []
     if config is None:
         known = [f"service {c.service}" for c in services]
         record = _new_record(plan, "shadow", now, None, None)
@@ -139,12 +157,17 @@ def actuate(
     last_up = options.last_scale_up_s
     if last_up is None:
         last_up = last_scale_up_s(
-            artifacts, config.service, config.mode, now, config.stabilisation_s
+            artifacts, config.service, config.mode, now, config.stabilisation_s, problems=problems
         )
     record = _new_record(plan, config.mode, now, config, last_up)
+    record.errors += problems
     run = _Run(config, api, options, record, Path(artifacts))
     try:
-        record.refused = refusal(plan, config, now)
+        record.refused = refusal(plan, config, now) or _shared_workload(config, services)
+        if record.refused is None and config.active:
+            record.held = _hold_active(run, plan, now)
+            if record.refused is None and record.held is None:
+                run.lease, record.held = _take_lease(run, now)
         if record.refused is None:
             _apply(run, plan, now, floors or {}, last_up)
         _announce(run, now)
@@ -152,8 +175,99 @@ def actuate(
         record.errors.append(f"internal error: {exc!r}")
         raise
     finally:
-        append_record(artifacts, record, now)
+        try:
+            if run.lease is not None:
+                _release_lease(run)
+        finally:
+            append_record(artifacts, record, now)
     return record
+
+
+def default_identity() -> str:
+    """``<host>-<pid>-<random>``: unique per process, readable in ``kubectl get lease``."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _shared_workload(config: ServiceConfig, services: Sequence[ServiceConfig]) -> str | None:
+    """Why ``config`` may not act because another service claims one of its Deployments."""
+    mine = set(config.allow_list)
+    for other in services:
+        if other is config or other.service == config.service:
+            continue
+        shared = sorted(mine & set(other.allow_list))
+        if shared:
+            return (
+                f"workload {shared[0]} is claimed by services {config.service} and "
+                f"{other.service}: one Deployment, one owner"
+            )
+    return None
+
+
+def _hold_active(run: _Run, plan: Plan, now: pd.Timestamp) -> str | None:
+    """Why an active run may only record, or None; may also refuse the plan outright.
+
+    * ``now`` far from the wall clock: a replayed or cleared old run (or a run from the future)
+      is not the present; it records what it would do and changes nothing.
+    * the plan expired by the wall clock (it may be fresh by the run's ``now``).
+    * the operator's kill switch (a ConfigMap) says paused, or cannot be read.
+    """
+    opts, config = run.options, run.config
+    wall_s = float(opts.wall_clock())
+    skew = now.timestamp() - wall_s
+    run.record.inputs["wall_clock_at"] = iso(pd.Timestamp(wall_s, unit="s", tz="UTC"))
+    if abs(skew) > opts.max_clock_skew_s:
+        return (
+            f"replay: the run's now is {skew:+.0f} s from the wall clock "
+            f"(more than {opts.max_clock_skew_s:g} s): recorded, nothing changed"
+        )
+    expired = not_expired(
+        now_s=max(wall_s, now.timestamp()),
+        created_s=plan.cutoff.timestamp(),
+        expiry_s=config.plan_expiry_s,
+    )
+    if expired:
+        run.record.refused = f"{expired} (by the wall clock)"
+        return None
+    return _kill_switch(run)
+
+
+def _kill_switch(run: _Run) -> str | None:
+    from kubernetes.client.exceptions import ApiException
+
+    ns, name = run.config.namespace, run.config.kill_switch
+    try:
+        cm = run.api.configmap(ns, name)
+    except (ApiException, OSError, ValueError) as exc:
+        if isinstance(exc, ApiException) and exc.status == 404:
+            return None
+        why = describe_error(exc)
+        return f"kill switch configmaps/{name} unreadable ({why}): paused to be safe"
+    paused = str((cm.get("data") or {}).get("paused", "")).strip().lower()
+    if paused in ("true", "yes", "1"):
+        return f"paused by the kill switch configmaps/{name} (data.paused={paused})"
+    return None
+
+
+def _take_lease(run: _Run, now: pd.Timestamp) -> tuple[Lease | None, str | None]:
+    """The service's Lease for this run, or why the run may only record."""
+    lease = Lease(
+        run.api,
+        run.config.namespace,
+        lease_name(run.config.service),
+        run.options.identity,
+        duration_s=run.options.lease_duration_s,
+    )
+    why = lease.acquire(now_s=float(run.options.wall_clock()))
+    run.record.inputs["lease"] = {"name": lease.name, "identity": lease.identity}
+    if why is not None:
+        return None, why
+    return lease, None
+
+
+def _release_lease(run: _Run) -> None:
+    why = run.lease.release(now_s=float(run.options.wall_clock()))
+    if why is not None:
+        run.record.errors.append(why)
 
 
 def _new_record(plan, mode, now, config, last_up) -> DecisionRecord:
@@ -182,7 +296,7 @@ def _new_record(plan, mode, now, config, last_up) -> DecisionRecord:
 
 def _apply(run: _Run, plan: Plan, now, floors: Mapping[int, Floor], last_up) -> None:
     config, record = run.config, run.record
-    due = due_steps(plan, now, config.run_interval_s)
+    due = due_steps(plan, now, config.run_interval_s, lead_s=config.fallback_lead_s)
     record.due_steps = [i for i, s in enumerate(plan.steps) if s in due]
     record.chosen_step = due[-1].to_dict() if due else None
     stable = run.options.load_stable
@@ -218,29 +332,15 @@ def _apply(run: _Run, plan: Plan, now, floors: Mapping[int, Floor], last_up) -> 
             asdict(target.target),
         )
         wrec.bound_by = list(target.notes)
-        # What the plan alone asks for, without the current state: the base of a resize
-        # fallback, so that a re-run does not stack replicas on the fallback's own.
-        plan_replicas = (
-            wanted_state(due, stage, StageConfig(1, 1, 1), now).replicas
-            if due
-            else target.current.replicas
-        )
-        _change(
-            run,
-            target,
-            observed,
-            wrec,
-            stable,
-            plan_replicas,
-            due[-1].reason if due else "no step due",
-        )
+        _change(run, target, observed, wrec, stable, due[-1].reason if due else "no step due")
     if config.active:
         for wrec in record.workloads:
             _observe_after(run, wrec)
 
 
 def _observe(run: _Run, workload: WorkloadConfig, wrec: WorkloadRecord) -> _Observed | None:
-    """Read the Deployment, its pods and its HPA; None (errors recorded) if any read fails."""
+    """Read the Deployment, its pods and its HPA; None (errors recorded) if any read fails or
+    the configured HPA does not scale this Deployment."""
     ns, name = run.config.namespace, workload.deployment
     retry, sleep = run.options.retry, run.options.sleep
 
@@ -254,6 +354,9 @@ def _observe(run: _Run, workload: WorkloadConfig, wrec: WorkloadRecord) -> _Obse
     if deployment is None:
         return None
     labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    if not labels:
+        run.record.errors.append(f"deployments/{name}: no matchLabels selector; not touched")
+        return None
     pods = read(f"pods of {name}", lambda: run.api.pods(ns, labels))
     if pods is None:
         return None
@@ -264,25 +367,36 @@ def _observe(run: _Run, workload: WorkloadConfig, wrec: WorkloadRecord) -> _Obse
         )
         if hpa is None:
             return None
+        if P.hpa_for([hpa], name) is None:
+            ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            run.record.errors.append(
+                f"horizontalpodautoscalers/{workload.hpa} scales {ref.get('kind')}/"
+                f"{ref.get('name')}, not deployments/{name}: not touched"
+            )
+            return None
     else:
         hpas = read("horizontalpodautoscalers", lambda: run.api.hpas(ns))
         if hpas is None:
             return None
         hpa = P.hpa_for(hpas, name)
     wrec.hpa = None if hpa is None else hpa["metadata"]["name"]
-    if P.template_millicores(deployment, workload.container) is None:
+    template_m = P.template_millicores(deployment, workload.container)
+    if template_m is None:
         run.record.errors.append(
             f"deployments/{name}: container {workload.container} has no CPU request"
         )
         return None
-    cores = P.typical_cores(
-        pods, workload.container, P.template_millicores(deployment, workload.container)
-    )
+    cores = P.typical_cores(pods, workload.container, template_m)
     batch = 0
     if workload.batch_env:
         value = P.template_env(deployment, workload.container, workload.batch_env)
         batch = int(value) if value and value.isdigit() else 0
     replicas = int((deployment.get("spec") or {}).get("replicas", 1))
+    if hpa is not None:
+        # Under an HPA the actuator's lever is the HPA's floor: the guards (stabilisation, step,
+        # scale-in confirmation) judge moves of minReplicas; the HPA may run more replicas on
+        # its own metric, and the actuator never fights it.
+        replicas = int((hpa.get("spec") or {}).get("minReplicas", 1))
     observed = _Observed(deployment, pods, hpa, StageConfig(replicas, cores, batch))
     run.observed[name] = observed
     return observed
@@ -294,35 +408,61 @@ def _change(
     observed: _Observed,
     wrec: WorkloadRecord,
     stable: bool,
-    plan_replicas: int,
     step_reason: str,
 ) -> None:
     """Make-before-break: replicas up, resize in place (with fallback), replicas down,
     template.
 
-    The fallback for refused resizes adds replicas on top of what the plan asks for
-    (``plan_replicas``, within the guards' target), not on top of the current count, so a
-    re-run while the resizes stay refused asks for the same count again.
+    Replicas are removed only once every resize this run asked for is confirmed (the kubelet
+    reports the new CPU allocated): a resize still in progress, deferred, infeasible, failed or
+    refused by the API counts as missing CPU. Missing CPU is made up with extra replicas sized by
+    what a new pod really gets (the template's CPU), through the step limit and the bounds.
+    The missing CPU is counted against the target with every pod that stays, so the fallback
+    replicas of an earlier run count too: a re-run while resizes stay refused adds nothing more.
     """
     goal, now_n = target.target, target.current.replicas
     if goal.replicas > now_n:
-        _do(run, _replicas_change(run, target, observed, now_n, goal.replicas, step_reason))
-    missing = _resize(run, target, observed, step_reason)
-    final, note = goal.replicas, None
+        _do(run, _replicas_change(run, target, observed, wrec, now_n, goal.replicas, step_reason))
+    running, unconfirmed = _resize(run, target, observed, step_reason)
+    final = goal.replicas
+    if unconfirmed and goal.replicas < now_n:
+        final = now_n
+        wrec.bound_by.append(
+            f"make before break: {now_n} replicas kept until the resized pods are confirmed "
+            f"at {goal.cores} cores"
+        )
+    template_m = P.template_millicores(observed.deployment, target.workload.container) or 1000
+    # What the Deployment will carry with ``final`` replicas: the pods it runs, as confirmed,
+    # and new ones at the target (resized by a later run once ready, like starting pods).
+    kept = sorted(running, reverse=True)[:final]
+    expected = sum(kept) + max(0, final - len(kept)) * goal.cores * 1000
+    needed = min(goal.replicas, (target.needed or goal).replicas) * goal.cores * 1000
+    missing = max(0, needed - expected) if running and not run.stopped else 0
     if missing:
-        base = replace(goal, replicas=min(goal.replicas, plan_replicas))
-        final, note = fallback_replicas(base, missing, target.workload)
-        final = max(final, goal.replicas) if final >= now_n else final
-    if note:
-        wrec.bound_by.append(note)
+        wanted, note = fallback_replicas(
+            final,
+            missing,
+            new_pod_millicores=template_m,
+            current_replicas=now_n,
+            config=run.config,
+            workload=target.workload,
+        )
+        if note:
+            wrec.bound_by.append(note)
+        final = max(wanted, final)
     if final > max(goal.replicas, now_n):
-        why = f"in-place resize short by {missing / 1000:g} cores: add replicas instead"
+        new_pod_m = P.template_millicores(observed.deployment, target.workload.container) or 0
+        why = (
+            f"in-place resizes short by {missing / 1000:g} cores: add replicas of "
+            f"{new_pod_m / 1000:g} cores instead"
+        )
         _do(
             run,
             _replicas_change(
                 run,
                 target,
                 observed,
+                wrec,
                 max(goal.replicas, now_n),
                 final,
                 why,
@@ -330,12 +470,19 @@ def _change(
             ),
         )
     elif final < now_n:
-        _do(run, _replicas_change(run, target, observed, now_n, final, step_reason))
+        _do(run, _replicas_change(run, target, observed, wrec, now_n, final, step_reason))
     _template(run, target, observed, stable)
 
 
-def _do(run: _Run, item: tuple[Change, Callable, Callable, Callable]) -> Change:
-    """Run one declarative write (or record it as not attempted after a failure)."""
+def _do(
+    run: _Run, item: tuple[Change, Callable, Callable, Callable], *, stop: bool = True
+) -> Change:
+    """Run one declarative write (or record it as not attempted after a failure).
+
+    Args:
+        stop: a failure stops the run (later changes are not attempted). In-place resizes pass
+            False: a refused resize is made up with replicas, which must still be tried.
+    """
     change, read, build, write = item
     run.record.changes.append(change)
     if run.stopped:
@@ -352,15 +499,27 @@ def _do(run: _Run, item: tuple[Change, Callable, Callable, Callable]) -> Change:
     change.outcome, change.attempts, change.errors = result.outcome, result.attempts, result.errors
     if not result.ok:
         run.record.errors.append(f"{change.target}: {result.errors[-1]}")
-        run.stopped = True
+        run.stopped = run.stopped or stop
     return change
 
 
-def _replicas_change(run, target, observed, before, after, reason, what="replicas"):
+def _replicas_change(run, target, observed, wrec, before, after, reason, what="replicas"):
     ns, name = run.config.namespace, target.workload.deployment
     direction = "up" if after > before else "down"
     if observed.hpa is not None:
+        # Under an HPA the actuator moves its floor: the change is to minReplicas, from what
+        # the HPA has now (the replicas may be higher: the HPA's own metric wants more).
         hpa = observed.hpa["metadata"]["name"]
+        hpa_spec = observed.hpa.get("spec") or {}
+        before = int(hpa_spec.get("minReplicas", 1))
+        ceiling = int(hpa_spec.get("maxReplicas", after))
+        if after > ceiling:
+            wrec.bound_by.append(
+                f"hpa {hpa}: minReplicas {after} capped at its maxReplicas {ceiling}"
+            )
+            reason = f"{reason}; capped at the HPA's maxReplicas {ceiling}"
+            after = ceiling
+        direction = "up" if after > before else "down" if after < before else "none"
         change = Change(
             name,
             "hpa minReplicas",
@@ -385,23 +544,32 @@ def _replicas_change(run, target, observed, before, after, reason, what="replica
     )
 
 
-def _resize(run: _Run, target: StageTarget, observed: _Observed, reason: str) -> int:
+def _resize(
+    run: _Run, target: StageTarget, observed: _Observed, reason: str
+) -> tuple[list[int], bool]:
     """Resize every ready pod that is not at the target cores; wait for the kubelet.
 
     Returns:
-        Millicores the Infeasible or still-Deferred resizes leave missing (0 in shadow mode).
+        (running, unconfirmed); empty and False in shadow mode. ``running``: per live pod, the
+        millicores it is confirmed to run with: a resize refused by the API (403, 404 on a
+        cluster without the subresource, 5xx after retries) or not done by the resize timeout
+        (Infeasible, Deferred, in progress, Error) adds nothing; a pod still starting counts
+        at the target, as a later run resizes it once ready (if that fails, that run falls
+        back). ``unconfirmed``: some pod is not confirmed at the target yet, so no replica
+        may go.
     """
     ns, wl = run.config.namespace, target.workload
     cores = target.target.cores
+    target_m = cores * 1000
     watched: list[tuple[Change, str]] = []
+    unconfirmed = False
     for pod in P.live(observed.pods):
         pod_name = pod["metadata"]["name"]
         if P.settled(pod, wl.container, cores):
             continue
         before = round((P.desired_millicores(pod, wl.container) or 0) / 1000, 3)
-        direction = (
-            "up" if cores * 1000 > (P.allocated_millicores(pod, wl.container) or 0) else "down"
-        )
+        allocated = P.allocated_millicores(pod, wl.container) or 0
+        direction = "up" if target_m > allocated else "down"
         change = Change(
             wl.deployment, "cpu", f"pods/{pod_name}/resize", before, cores, reason, direction
         )
@@ -420,19 +588,40 @@ def _resize(run: _Run, target: StageTarget, observed: _Observed, reason: str) ->
                     ns, n, body, dry_run=dry_run
                 ),
             ),
+            stop=False,
         )
-        if change.outcome in ("applied", "unchanged") and not run.dry_run:
+        if not run.dry_run and change.outcome in ("applied", "unchanged"):
             watched.append((change, pod_name))
-    if not watched:
-        return 0
-    return _watch_resizes(run, wl, cores, watched)
+        elif not run.dry_run:
+            unconfirmed = unconfirmed or direction == "up"
+    if run.dry_run:
+        return [], False
+    confirmed = _watch_resizes(run, wl, cores, watched) if watched else {}
+    unconfirmed = unconfirmed or any(
+        c.resize != "done" and c.direction == "up" for c, _ in watched
+    )
+    running = []
+    for pod in P.live(observed.pods):
+        name = pod["metadata"]["name"]
+        if name in confirmed:
+            running.append(confirmed[name])
+        elif P.is_ready(pod):
+            running.append(P.allocated_millicores(pod, wl.container) or 0)
+        else:
+            running.append(max(target_m, P.desired_millicores(pod, wl.container) or 0))
+    return running, unconfirmed
 
 
-def _watch_resizes(run: _Run, wl: WorkloadConfig, cores: int, watched) -> int:
-    """Poll the resized pods until each is done or Infeasible, or the timeout passes."""
+def _watch_resizes(run: _Run, wl: WorkloadConfig, cores: int, watched) -> dict[str, int]:
+    """Poll the resized pods until each is done or Infeasible, or the timeout passes.
+
+    Returns:
+        Per pod, the millicores it is confirmed to run with: the target when the kubelet reports
+        the resize done, else what it reports allocated (0 when the pod cannot be read).
+    """
     ns, target_m = run.config.namespace, cores * 1000
     pending = {name: change for change, name in watched}
-    allocated: dict[str, int] = {}
+    allocated: dict[str, int] = {name: 0 for _, name in watched}
     waited = 0.0
     while True:
         for name in list(pending):
@@ -449,18 +638,14 @@ def _watch_resizes(run: _Run, wl: WorkloadConfig, cores: int, watched) -> int:
             state = P.resize_state(pod, wl.container, target_m)
             change.resize = state
             allocated[name] = P.allocated_millicores(pod, wl.container) or 0
-            if state in ("done", "Infeasible"):
+            if state in ("done", "Infeasible", "Error"):
                 del pending[name]
         if not pending or waited >= run.config.resize_timeout_s:
             break
         step = min(run.options.poll_s, run.config.resize_timeout_s - waited)
         run.options.sleep(step)
         waited += step
-    missing = 0
-    for change, name in watched:
-        if change.resize in ("Infeasible", "Deferred"):
-            missing += max(0, target_m - allocated.get(name, target_m))
-    return missing
+    return allocated
 
 
 def _template(run: _Run, target: StageTarget, observed: _Observed, stable: bool) -> None:

@@ -20,8 +20,12 @@ MODES = ("shadow", "active")
 """shadow: compute, validate with a server-side dry run and record, patch nothing (default).
 active: patch the cluster."""
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# DNS-1123 names as the API server validates them (k8s.io/apimachinery/pkg/util/validation):
+# a label is at most 63 characters, a subdomain is labels joined by dots, at most 253.
+_DNS_LABEL = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -69,10 +73,11 @@ class ServiceConfig:
         namespace: the namespace of every Deployment of the service.
         workloads: one Deployment per plan stage; the allow-list of what may be touched.
         mode: ``shadow`` (default: record and dry-run, patch nothing) or ``active``.
-        max_replica_step: at most this many replicas added or removed per run and Deployment
-            (None: unlimited).
-        max_core_step: at most this many cores per pod added or removed per run (None:
-            unlimited).
+        max_replica_step: replicas one run may add or remove per Deployment, at least; with
+            ``max_step_ratio`` the limit is ``max(max_replica_step, ceil(ratio * current))``,
+            the Kubernetes HPA's default scale-up policy (4 pods or 100 %) applied per run.
+        max_core_step: cores per pod one run may add or remove, at least (same rule).
+        max_step_ratio: the proportional part of both step limits (1.0: double or halve).
         stabilisation_s: no scale-in within this many seconds of the last scale-up (s).
         plan_expiry_s: a plan older than this (now minus its cutoff) is never applied (s).
         run_interval_s: time between two scheduled runs (s); every step whose ``apply_at`` is
@@ -83,25 +88,37 @@ class ServiceConfig:
             pod template, which rolls the pods, while the load is stable. Needs the extra
             ``patch deployments`` rule of ``deploy/rbac-template-rewrite.yaml``.
         pushgateway_url: Prometheus Pushgateway to push run metrics to (None: no metrics).
+        cold_start_s: time for a new replica to become ready (s); with ``resize_timeout_s`` and
+            ``hpa_sync_s`` it sets how early steps are applied (``fallback_lead_s``).
+        hpa_sync_s: the HPA controller's sync period (s; kube-controller-manager
+            ``--horizontal-pod-autoscaler-sync-period``, default 15 s): a raised
+            ``minReplicas`` takes effect at the next sync.
+        kill_switch: name of the ConfigMap in the service's namespace that pauses the actuator
+            without a redeploy: ``data.paused: "true"`` turns every active run into a record-only
+            run. A ConfigMap that cannot be read (other than not found) pauses it too.
     """
 
     service: str
     namespace: str
     workloads: tuple[WorkloadConfig, ...]
     mode: str = "shadow"
-    max_replica_step: int | None = None
-    max_core_step: int | None = None
+    max_replica_step: int = 4
+    max_core_step: int = 4
+    max_step_ratio: float = 1.0
     stabilisation_s: float = 300.0
     plan_expiry_s: float = 600.0
     run_interval_s: float = 300.0
     resize_timeout_s: float = 30.0
     rewrite_template: bool = False
     pushgateway_url: str | None = None
+    kill_switch: str = "surgecast-control"
+    cold_start_s: float = 60.0
+    hpa_sync_s: float = 15.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.service, str) or not self.service:
-            raise ActuatorInputError("service: must be a non-empty name")
+        _name(self.service, "service", _DNS_LABEL)
         _name(self.namespace, "namespace", _DNS_LABEL)
+        _name(self.kill_switch, "kill_switch", _DNS_SUBDOMAIN)
         object.__setattr__(self, "workloads", tuple(self.workloads))
         if not self.workloads:
             raise ActuatorInputError("workloads: name at least one Deployment")
@@ -117,11 +134,23 @@ class ServiceConfig:
             raise ActuatorInputError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
         for key in ("max_replica_step", "max_core_step"):
             value = getattr(self, key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ActuatorInputError(f"{key}: must be an integer >= 1 or null, got {value!r}")
-        for key in ("stabilisation_s", "plan_expiry_s", "run_interval_s", "resize_timeout_s"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ActuatorInputError(
+                    f"{key}: must be an integer >= 1 (a limit per run), got {value!r}"
+                )
+        ratio = self.max_step_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not (
+            math.isfinite(ratio) and 0 <= ratio <= 10
+        ):
+            raise ActuatorInputError(f"max_step_ratio: must be a number in [0, 10], got {ratio!r}")
+        for key in (
+            "stabilisation_s",
+            "plan_expiry_s",
+            "run_interval_s",
+            "resize_timeout_s",
+            "cold_start_s",
+            "hpa_sync_s",
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ActuatorInputError(f"{key}: must be a number of seconds, got {value!r}")
@@ -138,6 +167,13 @@ class ServiceConfig:
     @property
     def active(self) -> bool:
         return self.mode == "active"
+
+    @property
+    def fallback_lead_s(self) -> float:
+        """How long before a step's ``effective_at`` it is applied at the latest (s): a resize
+        that fails after ``resize_timeout_s`` still leaves a cold start for fallback replicas,
+        and an HPA needs up to one sync to follow a new ``minReplicas``."""
+        return self.resize_timeout_s + self.cold_start_s + self.hpa_sync_s
 
     @property
     def allow_list(self) -> tuple[str, ...]:
@@ -176,13 +212,24 @@ class ServiceConfig:
         return _build(cls, data, "service config")
 
 
+REQUIRED_BOUNDS = ("min_replicas", "max_replicas", "min_cores", "max_cores")
+"""Bounds a service config must state: no built-in default may decide how far a cluster grows."""
+
+
 def _workload(data: Any, index: int) -> WorkloadConfig:
     what = f"workloads[{index}]"
     if not isinstance(data, dict):
         raise ActuatorInputError(f"{what}: expected a table")
     data = dict(data)
-    if "bounds" in data:
-        data["bounds"] = _build(Bounds, data["bounds"], f"{what}.bounds")
+    bounds = data.get("bounds")
+    if not isinstance(bounds, dict):
+        raise ActuatorInputError(
+            f"{what}.bounds: required: give {', '.join(REQUIRED_BOUNDS)} for every Deployment"
+        )
+    missing = [k for k in REQUIRED_BOUNDS if k not in bounds]
+    if missing:
+        raise ActuatorInputError(f"{what}.bounds: missing {', '.join(missing)}")
+    data["bounds"] = _build(Bounds, bounds, f"{what}.bounds")
     return _build(WorkloadConfig, data, what)
 
 

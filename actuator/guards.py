@@ -85,13 +85,20 @@ def limit_step(
     *,
     max_replica_step: int | None = None,
     max_core_step: int | None = None,
+    max_step_ratio: float = 0.0,
 ) -> Guarded:
-    """Move at most ``max_replica_step`` replicas and ``max_core_step`` cores from ``current``.
+    """Move replicas and cores at most one step from ``current``.
 
-    ``None`` leaves that dimension unlimited.
+    A step is ``max(max_*_step, ceil(max_step_ratio * current))``: with the defaults of the
+    service config (4 and 1.0) that is the Kubernetes HPA's default scale-up policy, "4 pods or
+    100 %, whichever is more", per run. ``None`` leaves that dimension unlimited.
     """
-    replicas = _towards(current.replicas, wanted.replicas, max_replica_step)
-    cores = _towards(current.cores, wanted.cores, max_core_step)
+    replicas = _towards(
+        current.replicas, wanted.replicas, _step(max_replica_step, max_step_ratio, current.replicas)
+    )
+    cores = _towards(
+        current.cores, wanted.cores, _step(max_core_step, max_step_ratio, current.cores)
+    )
     allowed = replace(wanted, replicas=replicas, cores=cores)
     if allowed == wanted:
         return Guarded(allowed)
@@ -169,6 +176,40 @@ def reactive_floor(
     )
 
 
+def confirm_scale_in(
+    wanted: StageConfig,
+    current: StageConfig,
+    *,
+    window_peak_rps: float | None,
+    capacity_rps: Callable[[StageConfig], float],
+) -> Guarded:
+    """Scale in only to a shape that carries the highest load observed over the stabilisation
+    window (the HPA's scale-down stabilisation, and the predictive autoscalers of the clouds,
+    which scale out on the forecast but in only on observed load).
+
+    A forecast may lower capacity only when what was really observed agrees. Without an observed
+    window (``window_peak_rps`` None) a scale-in is not confirmed and the current shape is held.
+    """
+    if capacity_rps(wanted) >= capacity_rps(current):
+        return Guarded(wanted)
+    if window_peak_rps is not None and capacity_rps(wanted) >= window_peak_rps:
+        return Guarded(wanted)
+    allowed = StageConfig(
+        max(wanted.replicas, current.replicas), max(wanted.cores, current.cores), wanted.batch
+    )
+    if capacity_rps(allowed) < capacity_rps(current):
+        allowed = current
+    if window_peak_rps is None:
+        why = "no observed load to confirm it"
+    else:
+        why = (
+            f"it carries {capacity_rps(wanted):.0f} rps < {window_peak_rps:.0f} rps observed "
+            "within the stabilisation window"
+        )
+    return Guarded(allowed, f"scale-in confirmation: {_shape(wanted)} held at "
+                            f"{_shape(allowed)}: {why}")
+
+
 def not_expired(*, now_s: float, created_s: float, expiry_s: float) -> str | None:
     """Why a plan made at ``created_s`` may no longer be applied at ``now_s``, or None."""
     age = now_s - created_s
@@ -196,6 +237,12 @@ def run_guards(wanted: StageConfig, guards: Sequence[Guard]) -> tuple[StageConfi
         if result.note:
             notes.append(result.note)
     return config, notes
+
+
+def _step(absolute: int | None, ratio: float, current: int) -> int | None:
+    if absolute is None:
+        return None
+    return max(absolute, math.ceil(ratio * current))
 
 
 def _towards(current: int, wanted: int, max_step: int | None) -> int:

@@ -214,6 +214,7 @@ class KubeApi:
         self.apps = k8s.AppsV1Api(api_client)
         self.core = k8s.CoreV1Api(api_client)
         self.autoscaling = k8s.AutoscalingV2Api(api_client)
+        self.coordination = k8s.CoordinationV1Api(api_client)
         self.timeout = request_timeout_s
 
     def _json(self, response) -> dict:
@@ -302,6 +303,37 @@ class KubeApi:
             )
         )
 
+    def configmap(self, namespace: str, name: str) -> dict:
+        return self._json(self.core.read_namespaced_config_map(name, namespace, **self._opts()))
+
+    def lease(self, namespace: str, name: str) -> dict:
+        return self._json(
+            self.coordination.read_namespaced_lease(name, namespace, **self._opts())
+        )
+
+    def create_lease(self, namespace: str, body: dict) -> dict:
+        return self._json(
+            self.coordination.create_namespaced_lease(namespace, body, **self._opts())
+        )
+
+    def patch_lease(self, namespace: str, name: str, body: dict) -> dict:
+        """Merge-patch a Lease; a ``metadata.resourceVersion`` in the patch makes it conditional
+        (409 Conflict when the Lease changed since it was read).
+
+        A patch, not a PUT: the client turns a PUT or POST body into its ``V1Lease`` model,
+        whose ``datetime`` fields serialise without the six fraction digits ``MicroTime``
+        requires whenever the microseconds are 0 (the API server then answers 400); a patch
+        body is sent as it is."""
+        return self._json(
+            self.coordination.patch_namespaced_lease(
+                name,
+                namespace,
+                body,
+                _content_type="application/merge-patch+json",
+                **self._opts(),
+            )
+        )
+
     def create_event(self, namespace: str, body: dict) -> dict:
         return self._json(self.core.create_namespaced_event(namespace, body, **self._opts()))
 
@@ -333,7 +365,14 @@ def api_client_for(
                 if kubeconfig is not None or context is not None:
                     raise
                 k8s_config.load_incluster_config(client_configuration=configuration)
-        except (k8s_config.ConfigException, ValueError, OSError) as exc:
+        except (
+            k8s_config.ConfigException,
+            ValueError,
+            OSError,
+            TypeError,
+            KeyError,
+            AttributeError,
+        ) as exc:  # a malformed kubeconfig fails deep in the loader with any of these
             raise ActuatorInputError(f"kubeconfig: {exc}") from None
     configuration.retries = False
     return k8s.ApiClient(configuration)

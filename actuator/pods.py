@@ -83,8 +83,9 @@ def live(pods: list[dict]) -> list[dict]:
 
 
 def typical_cores(pods: list[dict], name: str, default_millicores: int) -> int:
-    """Whole cores most live pods ask for (the template's when there are none), at least 1."""
-    values = [desired_millicores(p, name) for p in live(pods)]
+    """Whole cores most live pods run with (allocated, not requested: a resize in progress has
+    not given them the new CPU yet), the template's when there are none; at least 1."""
+    values = [allocated_millicores(p, name) for p in live(pods)]
     values = [v for v in values if v is not None]
     millicores = Counter(values).most_common(1)[0][0] if values else default_millicores
     return max(1, round(millicores / 1000))
@@ -95,8 +96,10 @@ def resize_state(pod: dict, name: str, target_millicores: int) -> str:
 
     Returns:
         ``Infeasible`` or ``Deferred`` (condition PodResizePending with that reason),
+        ``Error`` (PodResizeInProgress with reason Error: the kubelet failed to actuate it),
         ``in progress`` (PodResizeInProgress, or the kubelet has not acted yet) or ``done``
-        (the container runs with the target).
+        (the container runs with the target). Conditions as documented in "Resize CPU and
+        Memory Resources assigned to Containers" (kubernetes.io, Kubernetes 1.33+).
     """
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == RESIZE_PENDING and cond.get("status") == "True":
@@ -104,7 +107,7 @@ def resize_state(pod: dict, name: str, target_millicores: int) -> str:
             return "Infeasible" if reason == "Infeasible" else "Deferred"
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == RESIZE_IN_PROGRESS and cond.get("status") == "True":
-            return "in progress"
+            return "Error" if cond.get("reason") == "Error" else "in progress"
     if allocated_millicores(pod, name) == target_millicores:
         return "done"
     return "in progress"

@@ -16,7 +16,11 @@ Pushgateway keeps only the last push of a batch job.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +122,8 @@ class DecisionRecord:
         chosen_step: the latest due plan step (its ``to_dict``), None when none was due.
         due_steps: indices of the plan steps due this run.
         refused: why nothing was applied at all (expired plan, unknown workload), else None.
+        held: why an active run only recorded (dry runs, as in shadow): a replayed old run, the
+            kill switch, a Lease held by another run; else None.
         workloads: per Deployment, current/wanted/target state and the guards that bound it.
         changes: every change, in the order it was (or would have been) made.
         errors: every error of the run, one line each (API, event, metrics).
@@ -133,6 +139,7 @@ class DecisionRecord:
     chosen_step: dict | None = None
     due_steps: list[int] = field(default_factory=list)
     refused: str | None = None
+    held: str | None = None
     workloads: list[WorkloadRecord] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -163,7 +170,8 @@ class DecisionRecord:
         if self.refused:
             return f"refused: {self.refused}"
         step = self.chosen_step
-        head = f"{self.mode}: " + (step["kind"] + " step due" if step else "no plan step due")
+        mode = f"{self.mode} (record only: {self.held})" if self.held else self.mode
+        head = f"{mode}: " + (step["kind"] + " step due" if step else "no plan step due")
         done = [c for c in self.changes if c.outcome not in ("unchanged",)]
         parts = [f"{c.deployment} {c.what} {c.before}->{c.after} {c.outcome}" for c in done[:6]]
         if len(done) > 6:
@@ -174,36 +182,109 @@ class DecisionRecord:
         return text
 
 
+_SAFE_NAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+INVALID_SERVICE_FOLDER = "_invalid-service-name"
+"""Where records of a plan whose service name is not a DNS-1123 label go (the name is kept
+inside the record), so no name can place a file outside ``<root>/decisions``."""
+
+
+def service_folder(root: Path, service: str) -> Path:
+    """``<root>/decisions/<service>``; a name that is not a DNS-1123 label never becomes a path."""
+    name = service if isinstance(service, str) and _SAFE_NAME.match(service) else None
+    return Path(root) / "decisions" / (name or INVALID_SERVICE_FOLDER)
+
+
 def record_path(root: Path, service: str, now: pd.Timestamp) -> Path:
     """``<root>/decisions/<service>/<YYYY-MM-DD>.jsonl`` for the UTC date of ``now``."""
-    return Path(root) / "decisions" / service / f"{now.strftime('%Y-%m-%d')}.jsonl"
+    return service_folder(root, service) / f"{now.strftime('%Y-%m-%d')}.jsonl"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` all at once: a temporary file beside it, flushed to disk,
+    then renamed over it. A crash leaves the old file or the new one, never half of either."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def append_record(root: Path, record: DecisionRecord, now: pd.Timestamp) -> Path:
-    """Append ``record`` as one JSON line; return the file."""
+    """Add ``record`` as one JSON line to the day's file, atomically; return the file.
+
+    The file is rewritten whole (temporary file + rename), so a crash never leaves a truncated
+    line; a line truncated by anything else stays on its own line and is skipped by readers.
+    """
     path = record_path(root, record.service, now)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record.to_dict(), sort_keys=True, default=str)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
+    line = json.dumps(record.to_dict(), sort_keys=True, default=str).encode("utf-8")
+    try:
+        old = path.read_bytes()
+    except FileNotFoundError:
+        old = b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    atomic_write(path, old + line + b"\n")
     return path
 
 
-def read_records(root: Path, service: str) -> list[dict]:
-    """Every record of ``service``, oldest first."""
-    folder = Path(root) / "decisions" / service
+def _lines(path: Path, problems: list[str] | None) -> list[dict]:
+    """The records of one file; a line that is not a JSON object is skipped and reported."""
+    out = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        if problems is not None:
+            problems.append(f"decision records {path.name}: unreadable ({exc}): skipped")
+        return out
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            if problems is not None:
+                problems.append(
+                    f"decision records {path.parent.name}/{path.name} line {number}: "
+                    "corrupt (not a JSON object): skipped"
+                )
+            continue
+        out.append(data)
+    return out
+
+
+def read_records(root: Path, service: str, *, problems: list[str] | None = None) -> list[dict]:
+    """Every record of ``service``, oldest first; corrupt lines are skipped (and listed in
+    ``problems`` when given)."""
     out: list[dict] = []
-    for path in sorted(folder.glob("*.jsonl")):
-        out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for path in sorted(service_folder(root, service).glob("*.jsonl")):
+        out += _lines(path, problems)
     return out
 
 
 def last_scale_up_s(
-    root: Path, service: str, mode: str, now: pd.Timestamp, window_s: float
+    root: Path,
+    service: str,
+    mode: str,
+    now: pd.Timestamp,
+    window_s: float,
+    *,
+    problems: list[str] | None = None,
 ) -> float | None:
     """Epoch seconds of the latest run of ``mode`` that raised capacity, within ``window_s``
-    before ``now`` (older ones do not matter to the stabilisation guard); None if none."""
-    folder = Path(root) / "decisions" / service
+    before ``now`` (older ones do not matter to the stabilisation guard); None if none.
+
+    Corrupt lines are skipped and reported in ``problems``: a damaged record never blocks the
+    service."""
+    folder = service_folder(root, service)
     since = now - pd.Timedelta(seconds=window_s)
     latest = None
     days = pd.date_range(since.normalize(), now.normalize(), freq="D")
@@ -211,29 +292,47 @@ def last_scale_up_s(
         path = folder / f"{day.strftime('%Y-%m-%d')}.jsonl"
         if not path.exists():
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            data = json.loads(line)
+        for data in _lines(path, problems):
             if data.get("mode") != mode or not data.get("scaled_up"):
                 continue
-            at = pd.Timestamp(data["run_at"])
+            try:
+                at = pd.Timestamp(data.get("run_at"))
+            except (ValueError, TypeError):
+                continue
+            if at is pd.NaT or at.tzinfo is None:
+                continue
             if since <= at <= now and (latest is None or at > latest):
                 latest = at
     return None if latest is None else latest.timestamp()
 
 
+COUNTERS = ("decisions", "changes_applied", "errors")
+
+
 def update_counters(root: Path, record: DecisionRecord) -> dict[str, int]:
-    """Add this run to the service's cumulative counters; return them."""
-    path = Path(root) / "decisions" / record.service / "counters.json"
-    counters = {"decisions": 0, "changes_applied": 0, "errors": 0}
-    if path.exists():
-        counters.update(json.loads(path.read_text(encoding="utf-8")))
+    """Add this run to the service's cumulative counters (written atomically); return them.
+
+    A corrupt counters file is set aside (``counters.json.corrupt``), counting starts again
+    from this run, and the record's errors say so; it never stops the run."""
+    path = service_folder(root, record.service) / "counters.json"
+    counters = dict.fromkeys(COUNTERS, 0)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k, 0), int) and data.get(k, 0) >= 0 for k in COUNTERS
+        ):
+            raise ValueError("not a table of counts")
+        counters.update({k: int(data.get(k, 0)) for k in COUNTERS})
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        record.errors.append(f"counters.json corrupt ({exc}): set aside, counting again")
+        with contextlib.suppress(OSError):
+            os.replace(path, path.with_suffix(".json.corrupt"))
     counters["decisions"] += 1
     counters["changes_applied"] += record.applied
     counters["errors"] += len(record.errors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(counters, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write(path, (json.dumps(counters, sort_keys=True) + "\n").encode("utf-8"))
     return counters
 
 

@@ -8,11 +8,15 @@ those steps, per stage and dimension (replicas, cores):
   winning: that is the state the plan wants to hold now, including a scale-in;
 * a step not yet effective may only raise it (scale-up early is safe; a decrease waits until its
   ``effective_at``, e.g. running pods shrink only once the new replicas are ready);
+* a ``scale-in`` step counts as effective from its ``apply_at``: removing replicas or shrinking
+  pods needs nothing to be ready first (its ``effective_at`` is a resize later, which with
+  current data lies after every run's ``now``, so the scale-in would never happen);
 * without an effective step the current state is the starting value.
 
 Batch comes from the latest due step. The result then passes the guards, in this order:
-reactive floor (never below what the observed load needs), scale-in stabilisation, step limit,
-bounds (hard limits win over everything).
+reactive floor (never below what the observed load needs), scale-in confirmation (a scale-in
+must carry the highest load observed over the stabilisation window), scale-in stabilisation,
+step limit, bounds (hard limits win over everything).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from actuator.config import ServiceConfig, WorkloadConfig
 from actuator.guards import (
     Guard,
     allowed_workload,
+    confirm_scale_in,
     hold_scale_in,
     limit_step,
     not_expired,
@@ -46,11 +51,14 @@ class Floor:
         observed_rps: the load just observed (rps).
         capacity_rps: what a shape carries (rps), from the stage's latency profile.
         floor: a shape that carries ``observed_rps`` (e.g. the horizontal DP's answer).
+        window_peak_rps: the highest load observed over the stabilisation window before now
+            (rps); a scale-in must carry it. None: unknown, so no scale-in is confirmed.
     """
 
     observed_rps: float
     capacity_rps: Callable[[StageConfig], float]
     floor: StageConfig
+    window_peak_rps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,10 @@ class StageTarget:
         wanted: what the due plan steps ask for (before the guards).
         target: what the guards allow.
         notes: one line per guard that changed something, in order.
+        needed: what the due steps ask for without the current state, through the reactive
+            floor and the bounds only: the capacity a fallback for refused resizes must reach,
+            so that replicas kept by a hold (or added by an earlier fallback) never count as
+            capacity still to be found.
     """
 
     workload: WorkloadConfig
@@ -72,6 +84,7 @@ class StageTarget:
     wanted: StageConfig
     target: StageConfig
     notes: tuple[str, ...]
+    needed: StageConfig | None = None
 
     @property
     def scale_up(self) -> bool:
@@ -127,10 +140,20 @@ def stage_workloads(plan: Plan, config: ServiceConfig) -> list[tuple[int, Worklo
     return out
 
 
-def due_steps(plan: Plan, now: pd.Timestamp, run_interval_s: float) -> tuple[PlanStep, ...]:
-    """Steps whose ``apply_at`` is before the next scheduled run, in plan order."""
+def due_steps(
+    plan: Plan, now: pd.Timestamp, run_interval_s: float, *, lead_s: float = 0.0
+) -> tuple[PlanStep, ...]:
+    """Steps to act on before the next scheduled run, in plan order.
+
+    A step is due when its ``apply_at``, or ``effective_at - lead_s`` if that is earlier, falls
+    before the next run. ``lead_s`` (:attr:`ServiceConfig.fallback_lead_s`) is the time the slow
+    path needs: an in-place resize that fails must still leave a cold start for the fallback
+    replicas, and an HPA acts on a raised ``minReplicas`` only at its next sync. Scaling up
+    early is safe; a decrease still waits for its own time (:func:`wanted_state`).
+    """
     next_run = now + pd.Timedelta(seconds=run_interval_s)
-    return tuple(s for s in plan.steps if s.apply_at < next_run)
+    lead = pd.Timedelta(seconds=lead_s)
+    return tuple(s for s in plan.steps if min(s.apply_at, s.effective_at - lead) < next_run)
 
 
 def wanted_state(
@@ -139,8 +162,8 @@ def wanted_state(
     """What the due ``steps`` ask of ``stage`` now (module docstring); ``current`` if none."""
     if not steps:
         return current
-    effective = [s for s in steps if s.effective_at <= now]
-    pending = [s for s in steps if s.effective_at > now]
+    effective = [s for s in steps if _effective(s, now)]
+    pending = [s for s in steps if not _effective(s, now)]
     base = effective[-1] if effective else None
     replicas = base.replicas[stage] if base else current.replicas
     cores = base.cores[stage] if base else current.cores
@@ -148,6 +171,15 @@ def wanted_state(
         replicas = max(replicas, step.replicas[stage])
         cores = max(cores, step.cores[stage])
     return StageConfig(replicas, cores, steps[-1].batch[stage])
+
+
+def _effective(step: PlanStep, now: pd.Timestamp) -> bool:
+    return step.effective_at <= now or (step.kind == "scale-in" and step.apply_at <= now)
+
+
+def _total_cores(config: StageConfig) -> float:
+    """A capacity proxy when no latency profile is at hand: cores in service."""
+    return float(config.replicas * config.cores)
 
 
 def stage_guards(
@@ -170,6 +202,14 @@ def stage_guards(
                 floor=floor.floor,
             )
         )
+    guards.append(
+        partial(
+            confirm_scale_in,
+            current=current,
+            window_peak_rps=None if floor is None else floor.window_peak_rps,
+            capacity_rps=_total_cores if floor is None else floor.capacity_rps,
+        )
+    )
     guards += [
         partial(
             hold_scale_in,
@@ -183,6 +223,7 @@ def stage_guards(
             current=current,
             max_replica_step=config.max_replica_step,
             max_core_step=config.max_core_step,
+            max_step_ratio=config.max_step_ratio,
         ),
         partial(within_bounds, bounds=workload.bounds),
     ]
@@ -211,32 +252,62 @@ def stage_target(
         floor=floor,
     )
     target, notes = run_guards(wanted, guards)
-    return StageTarget(workload, stage, current, wanted, target, tuple(notes))
+    # The plan alone, without the current state (a pending step only raises from what runs,
+    # so ``wanted`` counts replicas a fallback added earlier as wanted): only the reactive
+    # floor and the bounds apply to it.
+    alone = wanted_state(steps, stage, StageConfig(1, 1, current.batch), now) if steps else current
+    needed, _ = run_guards(
+        alone, [g for g in guards if g.func in (reactive_floor, within_bounds)]
+    )
+    return StageTarget(workload, stage, current, wanted, target, tuple(notes), needed)
 
 
 def fallback_replicas(
-    target: StageConfig, missing_millicores: int, workload: WorkloadConfig
+    base_replicas: int,
+    missing_millicores: int,
+    *,
+    new_pod_millicores: int,
+    current_replicas: int,
+    config: ServiceConfig,
+    workload: WorkloadConfig,
 ) -> tuple[int, str | None]:
     """Replicas that make up for in-place resizes that did not happen.
 
+    New pods start from the Deployment's template, not from the planned cores (DESIGN section
+    6), so the extra replicas are sized by what a new pod will really get. The answer passes
+    the same step limit and bounds as every other change.
+
     Args:
-        target: the target state of the Deployment.
-        missing_millicores: CPU the refused or deferred resizes would have added (millicores).
-        workload: for its bounds.
+        base_replicas: the replicas the plan asks for (within the guards' target).
+        missing_millicores: CPU the unconfirmed resizes leave missing (millicores).
+        new_pod_millicores: the CPU request of a new pod (the template's), millicores.
+        current_replicas: replicas before this run, for the step limit.
+        config: the service (step limits).
+        workload: the Deployment (bounds).
 
     Returns:
-        (replicas, note): ``target.replicas`` plus ceil(missing / target cores per pod), capped
-        at the bounds; the note says when the cap bound it.
+        (replicas, note): ``base_replicas`` plus ceil(missing / new pod CPU), within the step
+        limit and the bounds; the note says which limit bound it, or None.
     """
     if missing_millicores <= 0:
-        return target.replicas, None
-    per_pod = target.cores * 1000
-    extra = -(-missing_millicores // per_pod)
-    wanted = target.replicas + extra
-    allowed = min(wanted, workload.bounds.max_replicas)
-    if allowed < wanted:
-        return allowed, (
-            f"bounds: fallback for refused resizes wants {wanted} replicas, capped at "
-            f"max_replicas {workload.bounds.max_replicas}"
-        )
-    return allowed, None
+        return base_replicas, None
+    extra = -(-missing_millicores // max(1, new_pod_millicores))
+    wanted = base_replicas + extra
+    stepped = limit_step(
+        StageConfig(wanted, 1, 1),
+        StageConfig(current_replicas, 1, 1),
+        max_replica_step=config.max_replica_step,
+        max_step_ratio=config.max_step_ratio,
+    ).config.replicas
+    allowed = min(max(stepped, base_replicas), workload.bounds.max_replicas)
+    if allowed >= wanted:
+        return allowed, None
+    which = (
+        f"max_replicas {workload.bounds.max_replicas}"
+        if allowed == workload.bounds.max_replicas
+        else f"the step limit ({current_replicas} -> {stepped})"
+    )
+    return allowed, (
+        f"fallback for unconfirmed resizes wants {wanted} replicas of "
+        f"{new_pod_millicores / 1000:g} cores, capped at {allowed} by {which}"
+    )

@@ -5,7 +5,9 @@
 A model is refitted when it is due under the service's ``forecast.refit_every_h`` (a daily run
 refits a 24 h cadence every day); the scaling runs load the newest stored model. A refit that
 fails (Prometheus down, history too short) fails its task; the scaling runs keep the previous
-model. Config path: the Airflow Variable ``surgecast_config``, else ``$SURGECAST_CONFIG``.
+model. Retention counts from the earlier of the run's time and the wall clock and keeps the
+newest day of every kind and service. Config path: the Airflow Variable ``surgecast_config``,
+else ``$SURGECAST_CONFIG``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
     services ──► [ingest ─► forecast ─► plan ─► actuate] × one per service (.expand)
 
 Each task calls one surgecast stage function and hands the next one an artifact URI (a string)
-through XCom. The run's data interval end is the pipeline's "now"; nothing reads the wall clock.
+through XCom. The run's data interval end is the pipeline's "now" for everything it reads; before
+an active change the actuator checks that now against the wall clock, so a cleared or backfilled
+old run records what it would do and changes nothing. A task that fails unexpectedly is retried;
+``actuate`` writes its decision record (outcome ``error``) before failing.
 The config file's path comes from the Airflow Variable ``surgecast_config``, else the
 environment variable ``SURGECAST_CONFIG``; the schedule from ``SURGECAST_SCALE_SCHEDULE``
 (a cron expression, default every 5 minutes; keep ``run_interval_s`` in the config equal to it).

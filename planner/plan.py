@@ -10,7 +10,9 @@ so the actuator can run in another process.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import MISSING, dataclass, fields
+from numbers import Integral, Real
 from typing import Any
 
 import pandas as pd
@@ -21,6 +23,30 @@ KINDS = ("scale-out", "bridge", "consolidate", "scale-in", "hold")
 """scale-out adds replicas; bridge resizes in place for a surge (fast, Themis' vertical stage);
 consolidate resizes to the cost-optimal shape once new replicas are ready; scale-in lowers the
 cost after the stabilisation window; hold keeps the current state."""
+
+
+MAX_REPLICAS = 150_000
+"""No stage can need more pods than a whole cluster holds: Kubernetes supports at most 150,000
+(https://kubernetes.io/docs/setup/best-practices/cluster-large/)."""
+MAX_CORES = 1_024
+"""Most cores per replica: a pod runs on one node."""
+MAX_BATCH = 65_536
+"""Largest batch size."""
+MAX_STEPS = 10_000
+"""Most steps in one plan (a week of minutes is 10,080 points; plans hold a few steps)."""
+MAX_STAGES = 64
+"""Most stages in one pipeline."""
+EARLIEST = pd.Timestamp("1970-01-01T00:00:00Z")
+LATEST = pd.Timestamp("2200-01-01T00:00:00Z")
+"""Plan times outside [EARLIEST, LATEST) are refused: year 9999 is a typo, and would overflow
+pandas' nanosecond arithmetic (which ends in 2262)."""
+
+SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+"""A plan's service: an RFC 1123 label, as Kubernetes validates object names
+(k8s.io/apimachinery/pkg/util/validation/validation.go, IsDNS1123Label). It becomes a path
+component of the decision records and a label value of the metrics, so nothing else is read."""
+STAGE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
+"""A stage name: a profile's name (letters, digits, '-', '_', '.'; no path separators)."""
 
 
 def utc_timestamp(value: Any, what: str) -> pd.Timestamp:
@@ -37,7 +63,12 @@ def utc_timestamp(value: Any, what: str) -> pd.Timestamp:
         raise PlannerInputError(f"{what}: not a timestamp: {value!r}")
     if ts.tzinfo is None:
         raise PlannerInputError(f"{what}: {value!r} has no time zone; give UTC, e.g. ...Z")
-    return ts.tz_convert("UTC")
+    ts = ts.tz_convert("UTC")
+    if not EARLIEST <= ts < LATEST:
+        raise PlannerInputError(
+            f"{what}: {value!r} is outside the years {EARLIEST.year}..{LATEST.year - 1}"
+        )
+    return ts
 
 
 def iso(ts: pd.Timestamp) -> str:
@@ -84,11 +115,25 @@ class PlanStep:
     def __post_init__(self) -> None:
         object.__setattr__(self, "effective_at", utc_timestamp(self.effective_at, "effective_at"))
         object.__setattr__(self, "apply_at", utc_timestamp(self.apply_at, "apply_at"))
-        for key in ("replicas", "cores", "batch"):
-            object.__setattr__(self, key, tuple(int(v) for v in getattr(self, key)))
+        for key, high in (("replicas", MAX_REPLICAS), ("cores", MAX_CORES), ("batch", MAX_BATCH)):
+            object.__setattr__(self, key, _counts(getattr(self, key), key, high))
         if not len(self.replicas) == len(self.cores) == len(self.batch) >= 1:
             raise PlannerInputError("plan step: replicas, cores and batch need one value per stage")
-        if self.kind not in KINDS:
+        for key in ("capacity_rps", "load_rps", "expected_latency_ms"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise PlannerInputError(f"plan step: {key} must be a number, got {value!r}")
+            # An infeasible state may have an unbounded latency; nothing may be NaN or < 0.
+            finite = math.isfinite(value) or key == "expected_latency_ms"
+            if math.isnan(value) or value < 0 or not finite:
+                raise PlannerInputError(f"plan step: {key} must be a number >= 0, got {value}")
+        if not isinstance(self.reason, str) or len(self.reason) > 10_000:
+            raise PlannerInputError("plan step: reason must be a text of at most 10,000 characters")
+        if not isinstance(self.feasible, bool):
+            raise PlannerInputError(
+                f"plan step: feasible must be true or false, got {self.feasible!r}"
+            )
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise PlannerInputError(
                 f"plan step: kind {self.kind!r} is not one of {', '.join(KINDS)}"
             )
@@ -109,8 +154,24 @@ class PlanStep:
 
     @classmethod
     def from_dict(cls, data: dict) -> PlanStep:
+        """The inverse of :meth:`to_dict`; times must be ISO 8601 texts, counts JSON integers.
+
+        Raises:
+            PlannerInputError: missing or unknown keys, or values that break the contract.
+        """
+        values = _known(cls, data, "plan step")
+        for key in ("effective_at", "apply_at"):
+            if not isinstance(values[key], str):
+                raise PlannerInputError(
+                    f"plan step: {key} must be an ISO 8601 text, got {values[key]!r}"
+                )
+        for key in ("replicas", "cores", "batch"):
+            if not isinstance(values[key], list) or len(values[key]) > MAX_STAGES:
+                raise PlannerInputError(
+                    f"plan step: {key} must be a list of at most {MAX_STAGES} integers"
+                )
         try:
-            return cls(**_known(cls, data, "plan step"))
+            return cls(**values)
         except PlannerInputError:
             raise
         except (TypeError, ValueError) as exc:
@@ -144,6 +205,17 @@ class Plan:
         order = [(s.effective_at, s.apply_at) for s in self.steps]
         if order != sorted(order):
             raise PlannerInputError("plan: steps are not in time order")
+        widths = {len(s.replicas) for s in self.steps}
+        if len(widths) > 1:
+            raise PlannerInputError("plan: steps give different numbers of stages")
+        if self.stage_names and widths and widths != {len(self.stage_names)}:
+            raise PlannerInputError(
+                f"plan: {len(self.stage_names)} stage_names for steps of {widths.pop()} stages"
+            )
+        for key in ("quantile", "slo_ms"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise PlannerInputError(f"plan: {key} must be a number, got {value!r}")
         if not (0 < self.quantile < 1 and math.isfinite(self.slo_ms) and self.slo_ms > 0):
             raise PlannerInputError(
                 f"plan: quantile must be in (0, 1) and slo_ms > 0, got {self.quantile}, "
@@ -168,11 +240,48 @@ class Plan:
             PlannerInputError: missing or unknown keys, or values that break the contract.
         """
         values = _known(cls, data, "plan")
+        service = values["service"]
+        if not isinstance(service, str) or not SERVICE_NAME.match(service):
+            raise PlannerInputError(
+                f"plan: service {str(service)[:80]!r} is not a valid Kubernetes name "
+                "(RFC 1123 label: lower-case letters, digits and '-', at most 63)"
+            )
+        names = values.get("stage_names", [])
+        if not isinstance(names, list) or len(names) > MAX_STAGES:
+            raise PlannerInputError(f"plan: stage_names must be a list of at most {MAX_STAGES}")
+        for name in names:
+            if not isinstance(name, str) or not STAGE_NAME.match(name):
+                raise PlannerInputError(f"plan: stage name {str(name)[:80]!r} is not a valid name")
+        if not isinstance(values["cutoff"], str):
+            raise PlannerInputError(
+                f"plan: cutoff must be an ISO 8601 text, got {values['cutoff']!r}"
+            )
         steps = values.get("steps")
         if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
             raise PlannerInputError("plan: steps must be a list of objects")
+        if len(steps) > MAX_STEPS:
+            raise PlannerInputError(f"plan: {len(steps)} steps; at most {MAX_STEPS}")
         values["steps"] = tuple(PlanStep.from_dict(s) for s in steps)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except PlannerInputError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise PlannerInputError(f"plan: {exc}") from None
+
+
+def _counts(values: Any, key: str, high: int) -> tuple[int, ...]:
+    """Per-stage integers in [1, high]; floats (even 2.0) and booleans are refused."""
+    if isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
+        raise PlannerInputError(f"plan step: {key} must be a list of integers, got {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, Integral) or not 1 <= v <= high:
+            raise PlannerInputError(
+                f"plan step: {key} must be integers in [1, {high:,}], got {v!r}"
+            )
+        out.append(int(v))
+    return tuple(out)
 
 
 def _known(cls: type, data: dict, what: str) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,19 @@ from scipy.optimize import curve_fit
 from planner.errors import PlannerInputError
 
 PROFILE_SUFFIXES = (".toml", ".json")
+MAX_PROFILE_CORES = 256
+"""Largest ``max_cores``: a replica runs on one node, and the largest nodes have a few hundred
+cores. Together with MAX_PROFILE_BATCH it bounds the shapes the DP enumerates."""
+MAX_PROFILE_BATCH = 1_024
+"""Largest ``max_batch``."""
+MAX_PROFILE_BYTES = 1024 * 1024
+"""Largest profile or pipeline file read (1 MiB; real ones are a few hundred bytes)."""
+MAX_MEASUREMENT_BYTES = 16 * 1024 * 1024
+"""Largest measurement CSV read (16 MiB)."""
+MAX_LATENCY_MS = 3_600_000.0
+"""Largest measured latency accepted: an hour."""
+_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
+"""A profile or pipeline name: letters, digits, '-', '_' and '.' (no path separators)."""
 DEFAULT_MEMORY_MB = 1024.0
 """Memory per replica assumed for a profile fitted from a CSV (the CSV does not say)."""
 
@@ -66,6 +80,12 @@ class LatencyProfile:
     source: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise PlannerInputError(
+                f"profile name {str(self.name)[:80]!r}: use letters, digits, '-', '_' and '.'"
+            )
+        if not isinstance(self.source, str):
+            raise PlannerInputError(f"profile {self.name!r}: source must be a text")
         where = f"profile {self.name!r}"
         for key in ("alpha", "beta", "gamma", "zeta", "memory_mb", "percentile"):
             value = getattr(self, key)
@@ -76,10 +96,12 @@ class LatencyProfile:
         for key in ("alpha", "beta", "gamma"):
             if getattr(self, key) < 0:
                 raise PlannerInputError(f"{where}: {key} must be >= 0, got {getattr(self, key)}")
-        for key in ("max_cores", "max_batch"):
+        for key, high in (("max_cores", MAX_PROFILE_CORES), ("max_batch", MAX_PROFILE_BATCH)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PlannerInputError(f"{where}: {key} must be an integer >= 1, got {value!r}")
+            if value > high:
+                raise PlannerInputError(f"{where}: {key} must be at most {high}, got {value}")
         if self.memory_mb < 0:
             raise PlannerInputError(f"{where}: memory_mb must be >= 0, got {self.memory_mb}")
         if not 0 < self.percentile < 100:
@@ -207,10 +229,11 @@ def load_pipeline(
         PlannerInputError: missing or malformed file, or a profile that breaks its invariants.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PlannerInputError(f"{path}: profile file not found")
+    _check_file(path, "profile file", MAX_PROFILE_BYTES)
     if path.suffix.lower() == ".csv":
         cores, batch, _ = read_measurements(path)
+        if not _NAME.match(path.stem):
+            raise PlannerInputError(f"{path}: the file name is not a valid profile name")
         profile, _ = fit_profile(
             path,
             name=path.stem,
@@ -226,15 +249,36 @@ def load_pipeline(
     return Pipeline(profile.name, (profile,))
 
 
+def _check_file(path: Path, what: str, max_bytes: int) -> None:
+    """Refuse a missing, non-regular (a FIFO would block) or oversized file."""
+    try:
+        if not path.exists():
+            raise PlannerInputError(f"{path}: {what} not found")
+        if not path.is_file():
+            raise PlannerInputError(f"{path}: not a regular file (a {what} is needed)")
+        size = path.stat().st_size
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        if isinstance(exc, PlannerInputError):
+            raise
+        raise PlannerInputError(f"{str(path)[:200]}: cannot read: {exc}") from None
+    if size > max_bytes and path.suffix.lower() != ".csv":
+        raise PlannerInputError(f"{path}: {size:,} bytes is too large for a {what}")
+    if size > MAX_MEASUREMENT_BYTES:
+        raise PlannerInputError(f"{path}: {size:,} bytes is too large for a {what}")
+
+
 def _read_mapping(path: Path) -> dict:
     suffix = path.suffix.lower()
     if suffix not in PROFILE_SUFFIXES:
         raise PlannerInputError(f"{path}: unknown format {suffix!r}; use .toml, .json or .csv")
+    _check_file(path, "profile file", MAX_PROFILE_BYTES)
     try:
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise PlannerInputError(f"{path}: cannot read profile: {exc}") from None
+    except RecursionError:
+        raise PlannerInputError(f"{path}: cannot read profile: nested too deeply") from None
     if not isinstance(data, dict):
         raise PlannerInputError(f"{path}: a profile file holds one table of keys")
     return data
@@ -259,8 +303,19 @@ def _pipeline_from_mapping(data: dict, path: Path) -> Pipeline:
     stages = data["stages"]
     if not isinstance(stages, list) or not stages or not all(isinstance(s, str) for s in stages):
         raise PlannerInputError(f"{path}: stages must be a non-empty list of profile names")
+    if len(stages) > 64:
+        raise PlannerInputError(f"{path}: {len(stages)} stages; at most 64")
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PlannerInputError(f"{path}: name {str(name)[:80]!r} is not a valid pipeline name")
+    unknown = sorted(set(data) - {"name", "stages"})
+    if unknown:
+        raise PlannerInputError(f"{path}: unknown key(s) {', '.join(unknown)}")
     profiles = []
     for stage in stages:
+        if not _NAME.match(stage):
+            # A stage names a file beside the pipeline file; never a path elsewhere.
+            raise PlannerInputError(f"{path}: stage {stage[:80]!r} is not a profile name")
         stage_path = _sibling_profile(path.parent, stage)
         if stage_path is None:
             raise PlannerInputError(f"{path}: stage {stage!r}: no such profile beside the file")
@@ -268,7 +323,7 @@ def _pipeline_from_mapping(data: dict, path: Path) -> Pipeline:
         if "stages" in stage_data:
             raise PlannerInputError(f"{path}: stage {stage!r} is itself a pipeline")
         profiles.append(_profile_from_mapping(stage_data, stage_path))
-    return Pipeline(str(data.get("name", path.stem)), tuple(profiles))
+    return Pipeline(name, tuple(profiles))
 
 
 def _sibling_profile(folder: Path, stage: str) -> Path | None:
@@ -290,8 +345,7 @@ def read_measurements(csv_path: str | Path) -> tuple[np.ndarray, np.ndarray, np.
             not integers >= 1, or a latency that is not > 0.
     """
     path = Path(csv_path)
-    if not path.is_file():
-        raise PlannerInputError(f"{path}: measurements file not found")
+    _check_file(path, "measurements file", MAX_MEASUREMENT_BYTES)
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -310,15 +364,26 @@ def read_measurements(csv_path: str | Path) -> tuple[np.ndarray, np.ndarray, np.
                     f"{path}: row {i + 2}: {col} is not a number: {row[col]!r}"
                 ) from None
     cores, batch, p99 = values.T
-    for name, col in (("cores", cores), ("batch", batch)):
-        bad = np.flatnonzero((col < 1) | (col != np.round(col)))
+    for name, col, high in (
+        ("cores", cores, MAX_PROFILE_CORES),
+        ("batch", batch, MAX_PROFILE_BATCH),
+    ):
+        bad = np.flatnonzero(~(col >= 1) | (col != np.round(col)))
         if bad.size:
             raise PlannerInputError(
                 f"{path}: row {bad[0] + 2}: {name} must be an integer >= 1, got {col[bad[0]]}"
             )
-    bad = np.flatnonzero(~(p99 > 0) | ~np.isfinite(p99))
+        bad = np.flatnonzero(col > high)
+        if bad.size:
+            raise PlannerInputError(
+                f"{path}: row {bad[0] + 2}: {name} must be at most {high}, got {col[bad[0]]:g}"
+            )
+    bad = np.flatnonzero(~((p99 > 0) & (p99 <= MAX_LATENCY_MS)))
     if bad.size:
-        raise PlannerInputError(f"{path}: row {bad[0] + 2}: p99_ms must be > 0, got {p99[bad[0]]}")
+        raise PlannerInputError(
+            f"{path}: row {bad[0] + 2}: p99_ms must be > 0 and at most {MAX_LATENCY_MS:g}, "
+            f"got {p99[bad[0]]}"
+        )
     return cores.astype(np.int64), batch.astype(np.int64), p99
 
 
@@ -359,13 +424,16 @@ def fit_profile(
     # The unconstrained least-squares solution, clipped into the bounds, is the starting point.
     start, *_ = np.linalg.lstsq(features, p99, rcond=None)
     start[:3] = np.maximum(start[:3], 0.0)
-    coef, _ = curve_fit(
-        _model,
-        np.vstack([batch, cores]).astype(np.float64),
-        p99,
-        p0=start,
-        bounds=([0.0, 0.0, 0.0, -np.inf], [np.inf, np.inf, np.inf, np.inf]),
-    )
+    try:
+        coef, _ = curve_fit(
+            _model,
+            np.vstack([batch, cores]).astype(np.float64),
+            p99,
+            p0=start,
+            bounds=([0.0, 0.0, 0.0, -np.inf], [np.inf, np.inf, np.inf, np.inf]),
+        )
+    except (RuntimeError, ValueError) as exc:  # no convergence, or a singular problem
+        raise PlannerInputError(f"{path}: the latency model does not fit: {exc}") from None
     alpha, beta, gamma_, zeta = (float(v) for v in coef)
     profile = LatencyProfile(
         name=name,

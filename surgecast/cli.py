@@ -1,20 +1,98 @@
-"""The ``surgecast`` command line. Each command is one call deep into a stage function."""
+"""The ``surgecast`` command line. Each command is one call deep into a stage function.
+
+Every bad input - a flag out of its range, a file that breaks its schema, an output path that
+cannot be written - ends the command before any work with ONE line on stderr that names the input
+(the flag with its ``--``, or the file) and the problem, and exit code 2. A plan or decision that
+cannot meet the SLO exits 1 (after printing and, for ``plan --out``, writing it). The ranges below
+keep every command bounded in time and memory.
+"""
 
 from __future__ import annotations
 
-import json
+import math
+import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from forecasting.errors import BadInputError
 from planner.errors import PlannerInputError
 
+try:  # typer >= 0.20 ships its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
+MAX_SEED = 2**31 - 1
+"""Seeds are passed to numpy and LightGBM; LightGBM's is a C ``int``."""
+MAX_WINDOW = 20_160
+"""Longest decomposition window: two weeks of 1-minute steps."""
+MAX_TRIALS = 1_000
+"""Most CEEMDAN noise realisations (the literature uses 50-500)."""
+MAX_IMFS = 16
+"""Most IMFs: a window of N points holds at most about log2(N) of them (14 for MAX_WINDOW)."""
+MAX_DECOMPOSE_POINT_TRIALS = 2_880_000
+"""window x trials bound of one decomposition (two days of minutes x 1,000 trials): CEEMDAN's
+cost grows with their product."""
+MAX_HORIZON = 1_440
+"""Longest forecast horizon in steps: a day of minutes."""
+MAX_ORIGIN_EVERY = 10_080
+"""Largest spacing of forecast origins in steps: a week of minutes."""
+MAX_DAYS = 366.0
+"""Longest span given in days (test span, refit cadence, training span)."""
+MAX_SLO_MS = 60_000.0
+"""Largest latency SLO: a minute. The DP discretises the SLO, so it bounds the DP's size."""
+MAX_RPS = 1e6
+"""Largest load: a million requests per second to one service."""
+MAX_SECONDS = 86_400
+"""Longest cold start, resize delay or stabilisation: a day."""
+MAX_REPLICAS = 150_000
+"""No Deployment can exceed the pods of a whole cluster: Kubernetes supports at most 150,000
+(https://kubernetes.io/docs/setup/best-practices/cluster-large/)."""
+MAX_CORES = 256
+"""Most cores per replica: a pod runs on one node, and the largest nodes have a few hundred."""
+MAX_BATCH = 1_024
+"""Largest batch size of a fitted profile."""
+MAX_RPS_SCALE = 1_000.0
+"""Largest load multiplier of a backtest (stress scenarios go to 50x)."""
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+"""The quantiles the forecasters produce."""
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+"""RFC 1123 label, as Kubernetes validates namespaces and container names
+(k8s.io/apimachinery/pkg/util/validation/validation.go, IsDNS1123Label)."""
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+"""RFC 1123 subdomain, as Kubernetes validates Deployment names (IsDNS1123Subdomain)."""
+
+
+class _OneLineErrors(TyperGroup):
+    """Prints every usage error (bad flag value, missing or unknown option) as ONE line with
+    the flag and the problem, like the commands' own errors, instead of a usage panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # pragma: no cover - embedding callers handle errors
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            _print_error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _print_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Workload forecasting and proactive scaling for ML inference services.",
     no_args_is_help=True,
     add_completion=False,
@@ -29,9 +107,109 @@ def main() -> None:
     """surgecast: see surges coming and have capacity ready when they land."""
 
 
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+def _print_error(message: str) -> None:
+    """``error: <message>`` on stderr, folded onto one line; the message is not markup."""
+    line = " ".join(str(message).split())
+    err_console.print("[bold red]error:[/] ", end="", highlight=False)
+    err_console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``message`` as the one error line; return the Exit to raise (code 2: bad input)."""
+    _print_error(message)
+    return typer.Exit(code=code)
+
+
+def _int(low: int, high: int):
+    """A parser for an integer flag in [low, high]; refuses floats such as ``1e8`` or ``2.0``."""
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise typer.BadParameter(f"{value!r} is not an integer")
+        if isinstance(value, int):
+            number = value
+        else:
+            text = str(value).strip()
+            if not re.fullmatch(r"[+-]?\d+", text):
+                raise typer.BadParameter(f"{text!r} is not an integer")
+            if len(text) > 20:
+                raise typer.BadParameter(f"{text[:20]}... is not in [{low}, {high}]")
+            number = int(text)
+        if not low <= number <= high:
+            raise typer.BadParameter(f"{number} is not in [{low}, {high}]")
+        return number
+
+    return parse
+
+
+def _float(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """A parser for a finite float flag in [low, high]; ``low_open``/``high_open`` exclude the
+    ends."""
+
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise typer.BadParameter(f"{value!r} is not a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{str(value)[:40]!r} is not a number") from None
+        if not math.isfinite(number):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        above = number > low if low_open else number >= low
+        below = number < high if high_open else number <= high
+        if not (above and below):
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            raise typer.BadParameter(f"{number:g} is not in {left}{low:g}, {high:g}{right}")
+        return number
+
+    return parse
+
+
+def _name(value: str | None, flag: str, pattern: re.Pattern = _DNS_SUBDOMAIN) -> None:
+    """Refuse a Kubernetes object name that breaks RFC 1123 (lower-case alphanumerics and
+    '-'; '.' too for a subdomain)."""
+    if value is not None and not pattern.match(value):
+        kind = "label" if pattern is _DNS_LABEL else "subdomain"
+        raise _fail(f"{flag}: {value[:80]!r} is not a valid Kubernetes name (RFC 1123 {kind})")
+
+
+def _step(value: str) -> None:
+    """Refuse a --step that is not a duration of 1 s .. 1 day."""
+    import pandas as pd
+
+    from forecasting.cleaning import parse_step
+
+    try:
+        step = parse_step(value, source="--step")
+    except BadInputError as exc:
+        raise _fail(str(exc)) from None
+    if not pd.Timedelta(seconds=1) <= step <= pd.Timedelta(days=1):
+        raise _fail(f"--step: {value!r} is not between 1 s and 1 day")
+
+
+def _names(text: str, flag: str, known) -> list[str]:
+    """A comma-separated list of known names, or 'all'; empty or duplicate entries refused."""
+    if text.strip() == "all":
+        return list(known)
+    names = [n.strip() for n in text.split(",")]
+    if not names or any(n == "" for n in names):
+        raise _fail(f"{flag}: {text!r} has an empty name; give a comma-separated list or 'all'")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise _fail(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise _fail(f"{flag}: {text!r} names one twice")
+    return names
+
+
+def _check_files(*checks) -> None:
+    """Run output-path checks (``(function, path, flag, kwargs)``); the first refusal fails."""
+    try:
+        for check, path, flag, kwargs in checks:
+            if path is not None:
+                check(path, flag, **kwargs)
+    except BadInputError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -44,27 +222,59 @@ def decompose(
         str | None,
         typer.Option(help="Cutoff (ISO 8601, UTC): the window ends here. Default: trace end."),
     ] = None,
-    window: Annotated[int, typer.Option(help="Window length in steps.")] = 1440,
+    window: Annotated[
+        int, typer.Option(parser=_int(4, MAX_WINDOW), help="Window length in steps.")
+    ] = 1440,
     step: Annotated[str, typer.Option(help="Resample to this step (mean), e.g. 1min.")] = "1min",
     imfs: Annotated[
-        int, typer.Option(help="K: IMFs returned (lower rows merge into residue).")
+        int,
+        typer.Option(
+            parser=_int(1, MAX_IMFS), help="K: IMFs returned (lower rows merge into residue)."
+        ),
     ] = 8,
-    trials: Annotated[int, typer.Option(help="CEEMDAN noise realisations.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed of the noise realisations.")] = 0,
+    trials: Annotated[
+        int, typer.Option(parser=_int(1, MAX_TRIALS), help="CEEMDAN noise realisations.")
+    ] = 100,
+    seed: Annotated[
+        int, typer.Option(parser=_int(0, MAX_SEED), help="Seed of the noise realisations.")
+    ] = 0,
     backend: Annotated[
         str, typer.Option(help="fast | pyemd (EMD-signal, the reference).")
     ] = "fast",
     max_gap: Annotated[
-        int, typer.Option(help="Longest run of missing steps filled; longer is refused.")
+        int,
+        typer.Option(
+            parser=_int(0, MAX_WINDOW),
+            help="Longest run of missing steps filled; longer is refused.",
+        ),
     ] = 60,
-    plot: Annotated[Path | None, typer.Option(help="Write a stacked plot (PNG) here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a stacked plot (.png, .svg or .pdf) here.")
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write a JSON summary here.")
     ] = None,
 ) -> None:
     """CEEMDAN decomposition of the RPS window that ends at --at."""
-    from surgecast.stages import decompose_trace
+    import json
 
+    from forecasting.decomposition import BACKENDS
+    from surgecast.stages import check_output_file, decompose_trace, write_text_atomic
+
+    if backend not in BACKENDS:
+        raise _fail(f"--backend: unknown {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if window * trials > MAX_DECOMPOSE_POINT_TRIALS:
+        raise _fail(
+            f"--trials: {trials} trials on a --window of {window} points is more than "
+            f"{MAX_DECOMPOSE_POINT_TRIALS:,} point-trials; lower one of them"
+        )
+    _step(step)
+    _check_files(
+        (check_output_file, plot, "--plot", {"suffixes": (".png", ".svg", ".pdf")}),
+        (check_output_file, json_out, "--json", {}),
+    )
+    if plot is not None and json_out is not None and plot.resolve() == json_out.resolve():
+        raise _fail(f"--json: {json_out} is also the --plot file")
     try:
         result = decompose_trace(
             trace,
@@ -98,15 +308,28 @@ def decompose(
         highlight=False,
     )
     if plot is not None:
-        from surgecast.plots import plot_decomposition
-
-        plot_decomposition(result, plot)
+        _write_plot(result, plot)
         console.print(f"plot: {plot}")
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = {k: v for k, v in summary.items() if k != "imfs_found_text"}
-        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+        write_text_atomic(json_out, json.dumps(payload, indent=2) + "\n")
         console.print(f"summary: {json_out}")
+
+
+def _write_plot(result, plot: Path) -> None:
+    """Render to a temporary file beside ``plot``, then rename: never a half-written picture."""
+    import os
+    import tempfile
+
+    from surgecast.plots import plot_decomposition
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{plot.name}.", suffix=plot.suffix, dir=plot.parent)
+    os.close(fd)
+    try:
+        plot_decomposition(result, Path(tmp))
+        os.replace(tmp, plot)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 @app.command("forecast-report")
@@ -115,52 +338,65 @@ def forecast_report_cmd(
         str | None, typer.Argument(help="timestamp,rps CSV file, or a bundled trace name.")
     ] = None,
     step: Annotated[str, typer.Option(help="Resample to this step (mean).")] = "1min",
-    horizon: Annotated[int, typer.Option(help="Forecast steps.")] = 15,
-    test_days: Annotated[float, typer.Option(help="Days at the end of the trace to test.")] = 2.0,
-    every: Annotated[int, typer.Option(help="Steps between forecast origins.")] = 5,
-    refit_days: Annotated[float, typer.Option(help="Refit cadence (days).")] = 1.0,
+    horizon: Annotated[int, typer.Option(parser=_int(1, MAX_HORIZON), help="Forecast steps.")] = 15,
+    test_days: Annotated[
+        float,
+        typer.Option(
+            parser=_float(0, MAX_DAYS, low_open=True), help="Days at the end of the trace to test."
+        ),
+    ] = 2.0,
+    every: Annotated[
+        int, typer.Option(parser=_int(1, MAX_ORIGIN_EVERY), help="Steps between forecast origins.")
+    ] = 5,
+    refit_days: Annotated[
+        float,
+        typer.Option(parser=_float(0, MAX_DAYS, low_open=True), help="Refit cadence (days)."),
+    ] = 1.0,
     models: Annotated[str, typer.Option(help="Comma-separated models, or 'all'.")] = "all",
-    seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    seed: Annotated[int, typer.Option(parser=_int(0, MAX_SEED), help="Seed of every model.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/forecast-report"),
 ) -> None:
     """Rolling-origin accuracy report of the hybrid and every baseline."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from forecasting.models import MODELS
-    from surgecast.stages import forecast_report
+    from surgecast.stages import check_output_dir, forecast_report
 
-    names = list(MODELS) if models == "all" else [m.strip() for m in models.split(",") if m]
-    unknown = [m for m in names if m not in MODELS]
-    if unknown:
-        raise _fail(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    with Progress(
+    names = _names(models, "--models", list(MODELS))
+    _step(step)
+    _check_files((check_output_dir, out, "--out", {}))
+    bar = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} origins"),
         TimeElapsedColumn(),
         console=err_console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("rolling-origin forecasts", total=None)
+    )
+    task = bar.add_task("rolling-origin forecasts", total=None)
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def progress(done: int, total: int) -> None:
+        # Started with the first origin: an input refused before prints one line, no bar.
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
 
-        try:
-            result = forecast_report(
-                trace,
-                step=step,
-                horizon=horizon,
-                test_days=test_days,
-                every=every,
-                refit_days=refit_days,
-                models=names,
-                seed=seed,
-                out=out,
-                progress=progress,
-            )
-        except BadInputError as exc:
-            raise _fail(str(exc)) from None
+    try:
+        result = forecast_report(
+            trace,
+            step=step,
+            horizon=horizon,
+            test_days=test_days,
+            every=every,
+            refit_days=refit_days,
+            models=names,
+            seed=seed,
+            out=out,
+            progress=progress,
+        )
+    except BadInputError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        bar.stop()
     table = Table(title=f"{result.origins} origins, horizon {horizon} x {step}")
     for col in ("model", "MAE", "MASE", "pinball q0.95", "coverage q0.95", "under q0.95"):
         table.add_column(col, justify="right" if col != "model" else "left")
@@ -189,14 +425,21 @@ def forecast(
         str | None, typer.Option(help="Cutoff (ISO 8601, UTC). Default: the end of the trace.")
     ] = None,
     step: Annotated[str, typer.Option(help="Resample to this step (mean).")] = "1min",
-    horizon: Annotated[int, typer.Option(help="Forecast steps.")] = 15,
+    horizon: Annotated[int, typer.Option(parser=_int(1, MAX_HORIZON), help="Forecast steps.")] = 15,
     model: Annotated[str, typer.Option(help="Model name.")] = "hybrid",
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    seed: Annotated[int, typer.Option(parser=_int(0, MAX_SEED), help="Seed.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write it as JSON here.")] = None,
 ) -> None:
     """Fit a model on the history before --at and print its forecast with quantiles."""
-    from surgecast.stages import forecast_at
+    import json
 
+    from forecasting.models import MODELS
+    from surgecast.stages import check_output_file, forecast_at, write_text_atomic
+
+    if model not in MODELS:
+        raise _fail(f"--model: unknown {model!r}; choose from {', '.join(MODELS)}")
+    _step(step)
+    _check_files((check_output_file, json_out, "--json", {}))
     try:
         fc = forecast_at(trace, at=at, step=step, horizon=horizon, model=model, seed=seed)
     except BadInputError as exc:
@@ -212,8 +455,7 @@ def forecast(
     if fc.fallback:
         console.print(f"[yellow]fallback:[/] {fc.fallback}", highlight=False)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(fc.to_dict(), indent=2) + "\n")
+        write_text_atomic(json_out, json.dumps(fc.to_dict(), indent=2) + "\n")
         console.print(f"forecast: {json_out}")
 
 
@@ -226,10 +468,18 @@ def plan(
             ", or a bundled name: resnet18, yolov5n, video."
         ),
     ],
-    slo_ms: Annotated[float, typer.Option(help="End-to-end latency SLO (ms, at p99).")],
+    slo_ms: Annotated[
+        float,
+        typer.Option(
+            parser=_float(0, MAX_SLO_MS, low_open=True), help="End-to-end latency SLO (ms, p99)."
+        ),
+    ],
     rps: Annotated[
         float | None,
-        typer.Option(help="Load to size for; with --forecast, the observed load."),
+        typer.Option(
+            parser=_float(0, MAX_RPS),
+            help="Load to size for; with --forecast, the observed load.",
+        ),
     ] = None,
     forecast_file: Annotated[
         Path | None,
@@ -242,22 +492,51 @@ def plan(
         str | None, typer.Option(help="Current cores per replica (C or C1,C2).")
     ] = None,
     batch: Annotated[str | None, typer.Option(help="Current batch size (B or B1,B2).")] = None,
-    quantile: Annotated[float, typer.Option(help="Forecast quantile to size for.")] = 0.95,
-    cold_start_s: Annotated[float, typer.Option(help="New replica start-up time (s).")] = 30.0,
-    resize_s: Annotated[float, typer.Option(help="In-place resize time (s).")] = 2.0,
+    quantile: Annotated[
+        float,
+        typer.Option(
+            parser=_float(0, 1, low_open=True, high_open=True),
+            help="Forecast quantile to size for, in (0, 1).",
+        ),
+    ] = 0.95,
+    cold_start_s: Annotated[
+        float, typer.Option(parser=_float(0, MAX_SECONDS), help="New replica start-up time (s).")
+    ] = 30.0,
+    resize_s: Annotated[
+        float, typer.Option(parser=_float(0, MAX_SECONDS), help="In-place resize time (s).")
+    ] = 2.0,
     stabilisation_s: Annotated[
-        float, typer.Option(help="Time after a scale-up before a scale-in (s).")
+        float,
+        typer.Option(
+            parser=_float(0, MAX_SECONDS), help="Time after a scale-up before a scale-in (s)."
+        ),
     ] = 300.0,
     last_scale_up_at: Annotated[
         str | None, typer.Option(help="When capacity was last raised (ISO 8601, UTC).")
     ] = None,
-    min_replicas: Annotated[int, typer.Option(help="Lower bound on every stage.")] = 1,
-    max_replicas: Annotated[int | None, typer.Option(help="Upper bound on every stage.")] = None,
+    min_replicas: Annotated[
+        int, typer.Option(parser=_int(1, MAX_REPLICAS), help="Lower bound on every stage.")
+    ] = 1,
+    max_replicas: Annotated[
+        int | None,
+        typer.Option(
+            parser=_int(1, MAX_REPLICAS),
+            help=f"Upper bound on every stage (default: {MAX_REPLICAS:,}, a cluster's pods).",
+        ),
+    ] = None,
     max_cores: Annotated[
-        int | None, typer.Option(help="CSV profile only: cores limit (default: largest measured).")
+        int | None,
+        typer.Option(
+            parser=_int(1, MAX_CORES),
+            help="CSV profile only: cores limit (default: largest measured).",
+        ),
     ] = None,
     max_batch: Annotated[
-        int | None, typer.Option(help="CSV profile only: batch limit (default: largest measured).")
+        int | None,
+        typer.Option(
+            parser=_int(1, MAX_BATCH),
+            help="CSV profile only: batch limit (default: largest measured).",
+        ),
     ] = None,
     service: Annotated[
         str | None, typer.Option(help="Service name (default: the profile's).")
@@ -266,20 +545,47 @@ def plan(
         Path | None, typer.Option(help="Write the Plan JSON here (with --forecast).")
     ] = None,
 ) -> None:
-    """Replicas x cores x batch for a load (the two DPs), or a timed plan for a forecast."""
-    from planner.policy import PolicySettings
-    from surgecast.planning import decide, load_profile, parse_counts, plan_from_forecast
+    """Replicas x cores x batch for a load (the two DPs), or a timed plan for a forecast.
 
+    Exit code 1 when the answer is INFEASIBLE (no shape within the bounds meets the SLO for
+    the load); the plan is still printed and, with --out, written, so its reasons can be read.
+    """
+    import json
+
+    from planner.policy import PolicySettings
+    from surgecast.planning import (
+        decide,
+        load_profile,
+        parse_counts,
+        plan_from_forecast,
+        read_forecast_json,
+    )
+    from surgecast.stages import check_output_file, parse_utc, write_text_atomic
+
+    if forecast_file is None:
+        if rps is None:
+            raise _fail("--rps: give the load to size for, or a --forecast file")
+        for flag, value in (
+            ("--out", out),
+            ("--last-scale-up-at", last_scale_up_at),
+            ("--service", service),
+        ):
+            if value is not None:
+                raise _fail(f"{flag}: only with --forecast (a plan ahead)")
+    if max_replicas is not None and max_replicas < min_replicas:
+        raise _fail(f"--max-replicas: {max_replicas} is below --min-replicas {min_replicas}")
+    bound = MAX_REPLICAS if max_replicas is None else max_replicas
+    _name(service, "--service", _DNS_LABEL)
+    _check_files((check_output_file, out, "--out", {}))
     try:
+        if last_scale_up_at is not None:
+            parse_utc(last_scale_up_at, "--last-scale-up-at")
         pipeline = load_profile(profile, max_cores=max_cores, max_batch=max_batch)
         stages = len(pipeline.stages)
-        counts = [
-            parse_counts(value, stages, name)
-            for value, name in ((replicas, "--replicas"), (cores, "--cores"), (batch, "--batch"))
-        ]
+        limits = ((replicas, "--replicas", MAX_REPLICAS), (cores, "--cores", MAX_CORES))
+        counts = [parse_counts(value, stages, name, high) for value, name, high in limits]
+        counts.append(parse_counts(batch, stages, "--batch", MAX_BATCH))
         if forecast_file is None:
-            if rps is None:
-                raise _fail("--rps: give the load to size for, or a --forecast file")
             result = decide(
                 pipeline,
                 rps,
@@ -287,24 +593,39 @@ def plan(
                 replicas=counts[0],
                 cores=counts[1],
                 batch=counts[2],
-                max_replicas=max_replicas,
+                max_replicas=bound,
             )
             _print_decisions(pipeline, result, rps, slo_ms)
+            infeasible = [
+                label
+                for label, d in (("horizontal", result.horizontal), ("vertical", result.vertical))
+                if not d.feasible
+            ]
+            if infeasible:
+                raise _fail(
+                    f"INFEASIBLE: no {' or '.join(infeasible)} decision meets the "
+                    f"{slo_ms:g} ms SLO at {rps:g} rps within the bounds",
+                    code=1,
+                )
             return
-        from surgecast.planning import read_forecast_json
-
+        name = service or pipeline.name
+        if not _DNS_LABEL.match(name):
+            raise _fail(
+                f"--service: the profile's name {name!r} is not a valid Kubernetes name "
+                "(RFC 1123 label); give --service"
+            )
         settings = PolicySettings(
             slo_ms=slo_ms,
             cold_start_s=cold_start_s,
             resize_s=resize_s,
             stabilisation_s=stabilisation_s,
             min_replicas=min_replicas,
-            max_replicas=max_replicas,
+            max_replicas=bound,
             quantile=quantile,
         )
         fc = read_forecast_json(forecast_file)
         result_plan = plan_from_forecast(
-            service or pipeline.name,
+            name,
             pipeline,
             fc,
             settings,
@@ -318,9 +639,15 @@ def plan(
         raise _fail(str(exc)) from None
     _print_plan(result_plan)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result_plan.to_dict(), indent=2) + "\n")
+        write_text_atomic(out, json.dumps(result_plan.to_dict(), indent=2) + "\n")
         console.print(f"plan: {out}")
+    bad = [i for i, step in enumerate(result_plan.steps, start=1) if not step.feasible]
+    if bad:
+        raise _fail(
+            f"INFEASIBLE: plan step(s) {', '.join(map(str, bad))} cannot meet the "
+            f"{slo_ms:g} ms SLO within the bounds (see the reasons above)",
+            code=1,
+        )
 
 
 def _print_decisions(pipeline, result, rps: float, slo_ms: float) -> None:
@@ -364,40 +691,89 @@ def backtest(
     profile: Annotated[
         str, typer.Option(help="Latency profile or pipeline: file or bundled name.")
     ] = "resnet18",
-    slo_ms: Annotated[float, typer.Option(help="End-to-end latency SLO (ms).")] = 750.0,
+    slo_ms: Annotated[
+        float,
+        typer.Option(
+            parser=_float(0, MAX_SLO_MS, low_open=True), help="End-to-end latency SLO (ms)."
+        ),
+    ] = 750.0,
     policies: Annotated[str, typer.Option(help="Comma-separated policies, or 'all'.")] = "all",
     start: Annotated[
         str | None, typer.Option(help="Start of the simulated span (UTC, ISO 8601).")
     ] = None,
     end: Annotated[str | None, typer.Option(help="End of the simulated span (UTC).")] = None,
     train_days: Annotated[
-        float, typer.Option(help="Days of history the forecaster is first fitted on.")
+        float,
+        typer.Option(
+            parser=_float(0, MAX_DAYS, low_open=True),
+            help="Days of history the forecaster is first fitted on.",
+        ),
     ] = 4.0,
-    refit_days: Annotated[float, typer.Option(help="Refit cadence of the forecaster.")] = 1.0,
-    every: Annotated[int, typer.Option(help="Minutes between surgecast's plans.")] = 5,
+    refit_days: Annotated[
+        float,
+        typer.Option(
+            parser=_float(0, MAX_DAYS, low_open=True), help="Refit cadence of the forecaster."
+        ),
+    ] = 1.0,
+    every: Annotated[
+        int, typer.Option(parser=_int(1, 1440), help="Minutes between surgecast's plans.")
+    ] = 5,
     model: Annotated[str, typer.Option(help="Forecasting model surgecast uses.")] = "hybrid",
     quantile: Annotated[
-        float, typer.Option(help="Forecast quantile the cores are sized for.")
+        float,
+        typer.Option(
+            parser=_float(0, 1, low_open=True, high_open=True),
+            help="Forecast quantile the cores are sized for: 0.5, 0.9, 0.95 or 0.99.",
+        ),
     ] = 0.9,
     surge_quantile: Annotated[
-        float, typer.Option(help="Forecast quantile in-place resizing must reach.")
+        float,
+        typer.Option(
+            parser=_float(0, 1, low_open=True, high_open=True),
+            help="Forecast quantile in-place resizing must reach: 0.5, 0.9, 0.95 or 0.99.",
+        ),
     ] = 0.99,
-    cold_start_s: Annotated[int, typer.Option(help="Seconds before a new replica serves.")] = 30,
-    resize_s: Annotated[int, typer.Option(help="Seconds an in-place resize takes.")] = 2,
+    cold_start_s: Annotated[
+        int,
+        typer.Option(parser=_int(0, MAX_SECONDS), help="Seconds before a new replica serves."),
+    ] = 30,
+    resize_s: Annotated[
+        int, typer.Option(parser=_int(0, MAX_SECONDS), help="Seconds an in-place resize takes.")
+    ] = 2,
     stabilisation_s: Annotated[
-        int, typer.Option(help="No scale-in within this long after a scale-up.")
+        int,
+        typer.Option(
+            parser=_int(0, MAX_SECONDS), help="No scale-in within this long after a scale-up."
+        ),
     ] = 300,
     hpa_target: Annotated[
-        float, typer.Option(help="CPU target of the HPA above surgecast's planned floor.")
+        float,
+        typer.Option(
+            parser=_float(0, 1, low_open=True),
+            help="CPU target of the HPA above surgecast's planned floor, in (0, 1].",
+        ),
     ] = 0.9,
-    rps_scale: Annotated[float, typer.Option(help="Multiply the trace's rate.")] = 1.0,
+    rps_scale: Annotated[
+        float,
+        typer.Option(
+            parser=_float(0, MAX_RPS_SCALE, low_open=True), help="Multiply the trace's rate."
+        ),
+    ] = 1.0,
     max_replicas: Annotated[
-        int | None, typer.Option(help="Replica bound (default: none that binds).")
+        int | None,
+        typer.Option(
+            parser=_int(1, MAX_REPLICAS), help="Replica bound (default: none that binds)."
+        ),
     ] = None,
     max_cores: Annotated[
-        int | None, typer.Option(help="Cores-per-replica bound (default: the profile's).")
+        int | None,
+        typer.Option(
+            parser=_int(1, MAX_CORES), help="Cores-per-replica bound (default: the profile's)."
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the arrivals and the model.")] = 0,
+    seed: Annotated[
+        int, typer.Option(parser=_int(0, MAX_SEED), help="Seed of the arrivals and the model.")
+    ] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/backtest"),
 ) -> None:
     """Replay a trace through surgecast and today's autoscalers on a simulated cluster."""
@@ -405,37 +781,15 @@ def backtest(
 
     from forecasting.models import MODELS
     from surgecast.backtest import POLICIES, BacktestSettings
-    from surgecast.stages import backtest_trace
+    from surgecast.stages import backtest_trace, check_output_dir
 
-    names = POLICIES if policies == "all" else tuple(p.strip() for p in policies.split(",") if p)
-    unknown = [p for p in names if p not in POLICIES]
-    if unknown:
-        raise _fail(f"--policies: unknown {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+    names = tuple(_names(policies, "--policies", list(POLICIES)))
     if model not in MODELS:
         raise _fail(f"--model: unknown {model!r}; choose from {', '.join(MODELS)}")
-    problems = [
-        f"{flag} must be {rule}"
-        for flag, ok, rule in (
-            ("--slo-ms", slo_ms > 0, "> 0"),
-            ("--every", every >= 1, ">= 1 minute"),
-            ("--train-days", train_days > 0, "> 0"),
-            ("--refit-days", refit_days > 0, "> 0"),
-            ("--quantile", quantile in (0.5, 0.9, 0.95, 0.99), "one of 0.5, 0.9, 0.95, 0.99"),
-            (
-                "--surge-quantile",
-                surge_quantile in (0.5, 0.9, 0.95, 0.99),
-                "one of 0.5, 0.9, 0.95, 0.99",
-            ),
-            ("--cold-start-s", cold_start_s >= 0, ">= 0"),
-            ("--resize-s", resize_s >= 0, ">= 0"),
-            ("--stabilisation-s", stabilisation_s >= 0, ">= 0"),
-            ("--rps-scale", rps_scale > 0, "> 0"),
-            ("--hpa-target", 0 < hpa_target <= 1, "in (0, 1]"),
-        )
-        if not ok
-    ]
-    if problems:
-        raise _fail(problems[0])
+    for flag, value in (("--quantile", quantile), ("--surge-quantile", surge_quantile)):
+        if value not in QUANTILES:
+            raise _fail(f"{flag}: {value:g} is not one of {', '.join(map(str, QUANTILES))}")
+    _check_files((check_output_dir, out, "--out", {}))
     settings = BacktestSettings(
         slo_ms=slo_ms,
         policies=names,
@@ -454,32 +808,38 @@ def backtest(
         max_cores=max_cores,
         seed=seed,
     )
-    with Progress(
+    bar = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f} %"),
         TimeElapsedColumn(),
         console=err_console,
-    ) as bar:
-        tasks: dict[str, int] = {}
+    )
+    tasks: dict[str, int] = {}
 
-        def progress(policy: str, done: int, total: int) -> None:
-            if policy not in tasks:
-                tasks[policy] = bar.add_task(f"{policy:>11}", total=total)
-            bar.update(tasks[policy], completed=done)
+    def progress(policy: str, done: int, total: int) -> None:
+        # The bar starts with the first simulated policy, so an input refused before the
+        # simulation prints its one error line and nothing else.
+        if not tasks:
+            bar.start()
+        if policy not in tasks:
+            tasks[policy] = bar.add_task(f"{policy:>11}", total=total)
+        bar.update(tasks[policy], completed=done)
 
-        try:
-            run = backtest_trace(
-                trace,
-                profile=profile,
-                settings=settings,
-                start=start,
-                end=end,
-                out=out,
-                progress=progress,
-            )
-        except (BadInputError, PlannerInputError) as exc:
-            raise _fail(str(exc)) from None
+    try:
+        run = backtest_trace(
+            trace,
+            profile=profile,
+            settings=settings,
+            start=start,
+            end=end,
+            out=out,
+            progress=progress,
+        )
+    except (BadInputError, PlannerInputError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        bar.stop()
     summary = run.summary
     requests = next(iter(summary["policies"].values()), {}).get("requests", 0)
     table = Table(
@@ -535,14 +895,23 @@ def apply_cmd(
     plan_file: Annotated[Path, typer.Argument(help="Plan JSON (surgecast plan --out).")],
     service_config: Annotated[
         Path | None,
-        typer.Option(help="Service config (.json/.toml): Deployments, bounds, mode, limits."),
+        typer.Option(
+            help="Service config (.json/.toml): Deployments, bounds, mode, limits. Required for "
+            "--active; without it the run is shadow-only (dry runs and a record)."
+        ),
     ] = None,
     kubeconfig: Annotated[
-        str | None, typer.Option(help="kubeconfig file (default: ~/.kube/config, in-cluster).")
+        str | None,
+        typer.Option(help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config, in-cluster)."),
     ] = None,
     context: Annotated[str | None, typer.Option(help="kubeconfig context.")] = None,
     active: Annotated[
-        bool, typer.Option("--active", help="Patch the cluster (default: shadow, dry runs only).")
+        bool,
+        typer.Option(
+            "--active",
+            help="Patch the cluster for the plan's service (needs --service-config; default: "
+            "shadow, dry runs only). Other services in the config keep their mode.",
+        ),
     ] = False,
     now: Annotated[
         str | None, typer.Option(help="The run's time (ISO 8601, UTC). Default: now.")
@@ -551,27 +920,54 @@ def apply_cmd(
         Path, typer.Option(help="Artifact store root; records go to decisions/<service>/.")
     ] = Path("artifacts"),
     namespace: Annotated[
-        str, typer.Option(help="Without --service-config: the Deployment's namespace.")
-    ] = "default",
+        str | None,
+        typer.Option(help="Without --service-config: the Deployment's namespace [default]."),
+    ] = None,
     deployment: Annotated[
         str | None,
         typer.Option(help="Without --service-config: the Deployment (default: plan's service)."),
     ] = None,
     container: Annotated[
-        str, typer.Option(help="Without --service-config: the container to resize.")
-    ] = "server",
+        str | None,
+        typer.Option(help="Without --service-config: the container to resize [server]."),
+    ] = None,
 ) -> None:
     """Apply a plan's due steps to the cluster through the guards; one line per change."""
     from actuator.errors import ActuatorInputError
     from surgecast.actuation import apply_plan_file
+    from surgecast.stages import check_output_dir, parse_utc
 
+    if active and service_config is None:
+        raise _fail(
+            "--active: needs --service-config (the allow-list, bounds and step limits of the "
+            "service); without it apply runs in shadow mode only"
+        )
+    if service_config is not None:
+        for flag, value in (
+            ("--namespace", namespace),
+            ("--deployment", deployment),
+            ("--container", container),
+        ):
+            if value is not None:
+                raise _fail(f"{flag}: only without --service-config (the config names it)")
+    _name(namespace, "--namespace", _DNS_LABEL)
+    _name(deployment, "--deployment", _DNS_SUBDOMAIN)
+    _name(container, "--container", _DNS_LABEL)
+    if context is not None and not context.strip():
+        raise _fail("--context: empty context name")
+    _check_files((check_output_dir, artifacts, "--artifacts", {}))
+    try:
+        if now is not None:
+            parse_utc(now, "--now")
+    except BadInputError as exc:
+        raise _fail(str(exc)) from None
     try:
         result = apply_plan_file(
             plan_file,
             service_config=service_config,
-            namespace=namespace,
+            namespace=namespace or "default",
             deployment=deployment,
-            container=container,
+            container=container or "server",
             kubeconfig=kubeconfig,
             context=context,
             active=active,
@@ -581,9 +977,17 @@ def apply_cmd(
     except ActuatorInputError as exc:
         raise _fail(str(exc)) from None
     record = result.record
+    if result.switched_active:
+        console.print(
+            f"{record.service}: --active: this run acts for {record.service} only "
+            f"(its config says {result.switched_active}); other services keep their mode",
+            highlight=False,
+            soft_wrap=True,
+        )
     if record.refused:
-        console.print(f"{record.service}: refused: {record.refused}", highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"{record.service}: refused: {record.refused}", highlight=False, soft_wrap=True
+        )
     for workload in record.workloads:
         for note in workload.bound_by:
             console.print(f"{workload.deployment}: {note}", highlight=False, soft_wrap=True)
@@ -592,8 +996,9 @@ def apply_cmd(
     if not record.changes and not record.refused:
         step = record.chosen_step
         what = f"{step['kind']} step due" if step else "no plan step due"
-        console.print(f"{record.service}: {record.mode}: {what}; nothing to change",
-                      highlight=False)
+        console.print(
+            f"{record.service}: {record.mode}: {what}; nothing to change", highlight=False
+        )
     for error in record.errors:
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     console.print(f"{record.mode} run; record: {result.record_file}", highlight=False)
@@ -639,11 +1044,15 @@ def run_cmd(
     from surgecast.settings import load_settings
     from surgecast.stages import parse_utc
 
+    if now is not None and not once:
+        raise _fail("--now: only with --once (a loop takes its time from the clock)")
     try:
+        when = parse_utc(now, "--now") if now is not None else None
+        if config.exists() and not config.is_file():  # a FIFO would block the read
+            raise BadInputError(f"{config}: not a regular file (--config needs a YAML file)")
         settings = load_settings(config)
         for name in service or []:
             settings.service(name)
-        when = parse_utc(now, "--now") if now is not None else None
     except BadInputError as exc:
         raise _fail(str(exc)) from None
     if check:
@@ -656,8 +1065,6 @@ def run_cmd(
                 soft_wrap=True,
             )
         return
-    if when is not None and not once:
-        raise _fail("--now: only with --once (a loop takes its time from the clock)")
 
     def cycle(at: pd.Timestamp) -> bool:
         def show(run) -> None:
@@ -676,3 +1083,49 @@ def run_cmd(
         wall = pd.Timestamp.now(tz="UTC")
         time.sleep(max(0.0, ((wall.floor(interval) + interval) - wall).total_seconds()))
         cycle(pd.Timestamp.now(tz="UTC").floor(interval))
+
+
+@app.command("rbac")
+def rbac_cmd(
+    config: Annotated[
+        Path, typer.Option(help="Service config (YAML), e.g. data/services.example.yaml.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the manifests here (default: standard output).")
+    ] = None,
+    account: Annotated[
+        str, typer.Option(help="The actuator's ServiceAccount.")
+    ] = "surgecast-actuator",
+) -> None:
+    """Least-privilege RBAC for the services in the config: apply it with kubectl.
+
+    Deployments, scale subresources, HPAs, Leases and the kill switch are scoped with
+    resourceNames to what the config names; nothing outside the allow-list can be patched.
+    """
+    import yaml
+
+    from actuator.errors import ActuatorInputError
+    from actuator.rbac import rbac_manifests
+    from surgecast.settings import load_settings
+    from surgecast.stages import check_output_file, write_text_atomic
+
+    try:
+        if config.exists() and not config.is_file():
+            raise BadInputError(f"{config}: not a regular file (--config needs a YAML file)")
+        settings = load_settings(config)
+        if out is not None:
+            check_output_file(out, "--out")
+        docs = rbac_manifests(
+            [settings.actuator_config(name) for name in settings.names], account=account
+        )
+    except (BadInputError, ActuatorInputError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    text = (
+        f"# Generated by `surgecast rbac --config {config.name}`: the actuator may touch only\n"
+        "# the workloads this config names.\n" + yaml.safe_dump_all(docs, sort_keys=False)
+    )
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomic(out, text)
+        console.print(f"{len(docs)} manifests written to {out}", highlight=False)

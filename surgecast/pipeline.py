@@ -9,7 +9,14 @@ A problem with the data (Prometheus unreachable or answering errors, stale, miss
 history, a model that cannot forecast) does not raise: the stage writes an artifact that carries
 the error, every later stage passes it on without acting, and ``actuate`` writes a decision
 record that says why nothing was changed and pushes a metric with the reason. Nothing is ever
-applied from a bad forecast. Programming errors still raise (the task fails and is retried).
+applied from a bad forecast. A missing, truncated or corrupt artifact read by a later stage is
+such a problem too (reason ``corrupt``), and so is a cycle that outran its time budget
+(``Settings.run_timeout_s``, reason ``deadline``): a run that is late does not act.
+
+Programming errors still raise from the stage functions (an Airflow task fails and is retried),
+after ``actuate`` has written its decision record with outcome ``error``. ``run_service`` and
+``run_once`` isolate services: an unexpected exception in one service's cycle becomes that
+service's decision record (outcome ``error``) and metric, and the other services still run.
 
 Fitted models come from the store (the retraining DAG refits them); when a service has none, the
 first forecast fits one and stores it; a model that cannot be fitted is replaced by the seasonal
@@ -19,8 +26,9 @@ naive forecast, and the forecast and the record say so.
 from __future__ import annotations
 
 import gzip
+import inspect
+import logging
 import math
-import pickle
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -35,15 +43,20 @@ from forecasting.cleaning import format_time
 from forecasting.errors import BadInputError
 from planner.errors import PlannerInputError
 from planner.plan import Plan, iso, utc_timestamp
-from surgecast.artifacts import ArtifactStore, Entry
+from surgecast import model_store
+from surgecast.artifacts import ArtifactError, ArtifactStore, Entry
 from surgecast.prometheus import PrometheusSource, SourceError, check_history
 from surgecast.settings import ServiceSettings, Settings
 
 PIPELINE_JOB = "surgecast_pipeline"
 """Pushgateway job of the pipeline's run metrics (the actuator pushes ``surgecast_actuator``)."""
 
-MODEL_FORMAT = 1
-"""Version of the stored model layout; a model of another version is refitted."""
+MODEL_FORMAT = model_store.MODEL_FORMAT
+"""Version of the stored model layout (data only, see ``surgecast.model_store``); a model of
+another version, such as a pickle of version 1, is never loaded: it is refitted."""
+
+DEFAULT_RUN_TIMEOUT_S = 120.0
+"""A service cycle's time budget (s) when the settings do not name one (``run_timeout_s``)."""
 
 REFIT_SLACK_H = 1.0
 """A refit run refits every model that falls due within this many hours, so a daily run on a
@@ -79,12 +92,70 @@ def _floats(values: np.ndarray) -> list[float | None]:
     return [None if not math.isfinite(v) else float(v) for v in values]
 
 
-def _read(uri: str) -> dict:
-    if uri.endswith(".gz"):
-        import json
+log = logging.getLogger(__name__)
 
-        return json.loads(gzip.decompress(ArtifactStore.read_bytes(uri)).decode("utf-8"))
-    return ArtifactStore.read_json(uri)
+
+def _read(uri: str) -> dict:
+    """The JSON object at ``uri`` (``.gz``: compressed).
+
+    Raises:
+        ArtifactError: missing, truncated, corrupt or not a JSON object.
+    """
+    if not isinstance(uri, str) or not uri:
+        raise ArtifactError(f"artifact URI {uri!r}: not a URI")
+    return ArtifactStore.read_doc(uri)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The time one service's cycle may take (``Settings.run_timeout_s``).
+
+    Attributes:
+        budget_s: the whole budget (s).
+        deadline: when it ends, in ``clock`` seconds.
+        clock: monotonic seconds; ``time.monotonic`` except under a test clock.
+    """
+
+    budget_s: float
+    deadline: float
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def start(cls, budget_s: float, clock: Callable[[], float] = time.monotonic) -> Budget:
+        """A budget of ``budget_s`` seconds starting now on ``clock``."""
+        return cls(float(budget_s), clock() + float(budget_s), clock)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, clock: Callable[[], float] = time.monotonic):
+        """A budget of ``settings.run_timeout_s`` starting now."""
+        return cls.start(getattr(settings, "run_timeout_s", DEFAULT_RUN_TIMEOUT_S), clock)
+
+    def remaining_s(self) -> float:
+        return self.deadline - self.clock()
+
+    def passed(self) -> bool:
+        return self.remaining_s() < 0
+
+    def monotonic_deadline(self) -> float:
+        """The deadline as an absolute ``time.monotonic()`` value (what sources take)."""
+        return time.monotonic() + max(0.0, self.remaining_s())
+
+    def error(self, stage: str) -> dict:
+        late = -self.remaining_s()
+        return _error(
+            stage,
+            "deadline",
+            f"cycle over its budget of {self.budget_s:g} s ({late:.1f} s late): {stage} not run,"
+            " nothing applied",
+        )
+
+
+def _over_budget(budget: Budget | None, stage: str) -> dict | None:
+    return budget.error(stage) if budget is not None and budget.passed() else None
+
+
+def _corrupt(stage: str, exc: Exception) -> dict:
+    return _error(stage, "corrupt", str(exc))
 
 
 def _write_gz(store: ArtifactStore, kind: str, service: str, now, doc: dict) -> str:
@@ -113,10 +184,32 @@ class _Borrowed:
 
 
 def _history_series(doc: dict) -> pd.Series:
+    """The RPS history stored by ``ingest``.
+
+    Raises:
+        KeyError, TypeError, ValueError: the document is not a history (corrupt or hostile).
+    """
     start = pd.Timestamp(doc["start"])
+    if start.tzinfo is None:
+        raise ValueError(f"start {doc['start']!r} has no time zone")
     values = np.array([np.nan if v is None else v for v in doc["values"]], dtype=np.float64)
-    index = pd.date_range(start, periods=len(values), freq=pd.Timedelta(seconds=doc["step_s"]))
+    step = pd.Timedelta(seconds=float(doc["step_s"]))
+    finite = values[np.isfinite(values)]
+    if not finite.size or step <= pd.Timedelta(0) or bool(np.any(finite < 0)):
+        raise ValueError("no finite value, a step <= 0 or negative rps")
+    index = pd.date_range(start, periods=len(values), freq=step)
     return pd.Series(values, index=index, name="rps")
+
+
+def _read_source(src, query: str, *, end, span, step_s: float, deadline: float) -> pd.Series:
+    """``src.read`` with the deadline (absolute ``time.monotonic()``) when the source takes one."""
+    try:
+        takes_deadline = "deadline" in inspect.signature(src.read).parameters
+    except (TypeError, ValueError):
+        takes_deadline = False
+    if takes_deadline:
+        return src.read(query, end=end, span=span, step_s=step_s, deadline=deadline)
+    return src.read(query, end=end, span=span, step_s=step_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,33 +217,21 @@ def _history_series(doc: dict) -> pd.Series:
 
 
 def usable_model(store: ArtifactStore, svc: ServiceSettings, now: pd.Timestamp) -> Entry | None:
-    """The newest stored model of ``svc`` fitted at or before ``now`` that matches its settings
-    (model, horizon, step, seed), or None."""
-    for entry in reversed(store.entries("models", svc.name, end=now)):
-        try:
-            meta = store.read_json(entry.uri)
-        except (FileNotFoundError, ValueError):
-            continue
-        if _model_matches(meta, svc):
-            return entry
-    return None
+    """The newest stored model of ``svc`` fitted at or before ``now`` for its settings (model,
+    horizon, step, seed), intact and readable as data, or None (fit one).
 
-
-def _model_matches(meta: dict, svc: ServiceSettings) -> bool:
-    f = svc.forecast
-    return (
-        meta.get("format") == MODEL_FORMAT
-        and meta.get("model") == f.model
-        and meta.get("horizon_steps") == f.horizon_steps
-        and meta.get("step_s") == svc.step_s
-        and meta.get("seed") == f.seed
-    )
+    A newest model that must not be used (corrupt, another format, outside the store) is not
+    passed over for an older one: None, and the forecast stage refits and says why
+    (:func:`surgecast.model_store.find`).
+    """
+    return model_store.find(store, svc, now).entry
 
 
 def fit_and_store(
     store: ArtifactStore, svc: ServiceSettings, rps: pd.Series, now: pd.Timestamp
 ) -> tuple[Any, str]:
-    """Fit the service's model on ``rps`` and store it; return (model, URI of its metadata).
+    """Fit the service's model on ``rps`` and store it as data (``surgecast.model_store``);
+    return (model, URI of its metadata).
 
     Raises:
         BadInputError: the history is too short (or otherwise unusable) for the model.
@@ -167,13 +248,11 @@ def fit_and_store(
     model.fit(rps)
     seconds = time.perf_counter() - started
     _shed_caches(model)
-    pkl = store.write_bytes("models", svc.name, now, pickle.dumps(model), "pkl")
-    meta = {
-        "format": MODEL_FORMAT,
+    fields = {
         "service": svc.name,
         "model": f.model,
         "horizon_steps": f.horizon_steps,
-        "step_s": svc.step_s,
+        "step_s": float(svc.step_s),
         "seed": f.seed,
         "fitted_at": iso(now),
         "history_start": format_time(rps.index[0]),
@@ -181,20 +260,24 @@ def fit_and_store(
         "history_points": len(rps),
         "fit_seconds": round(seconds, 3),
         "fit_error": model.fit_error_,
-        "pickle": pkl,
     }
-    return model, store.write_json("models", svc.name, now, meta)
+    return model, model_store.write(store, svc.name, now, model, fields)
 
 
-def load_model(meta_uri: str) -> tuple[Any, dict]:
-    """A stored model and its metadata."""
-    meta = ArtifactStore.read_json(meta_uri)
-    model = pickle.loads(ArtifactStore.read_bytes(meta["pickle"]))  # our own store only
-    return model, meta
+def load_model(store: ArtifactStore, meta_uri: str) -> tuple[Any, dict]:
+    """The model stored at ``meta_uri`` and its metadata, read as data (never unpickled) and
+    only from inside ``store``.
+
+    Raises:
+        model_store.StoredModelError: why the model must not be used (the caller refits).
+    """
+    model, meta = model_store.load(store, meta_uri)
+    return model, meta.model_dump(mode="json")
 
 
 def _shed_caches(model: Any) -> None:
-    """Drop memoised decompositions (they are rebuilt on demand) so a stored model stays small."""
+    """Drop memoised decompositions (they are rebuilt on demand and never stored) so a freshly
+    fitted model held in memory is as small as a loaded one and forecasts the same."""
     seen: set[int] = set()
     stack = [model]
     while stack:
@@ -213,12 +296,21 @@ def _shed_caches(model: Any) -> None:
 
 
 def ingest(
-    settings: Settings, service: str, now: Any, *, source: PrometheusSource | None = None
+    settings: Settings,
+    service: str,
+    now: Any,
+    *,
+    source: PrometheusSource | None = None,
+    budget: Budget | None = None,
 ) -> str:
     """Read the service's RPS history up to ``now`` from Prometheus and check it.
 
     Reads ``forecast.history_days``, or ``forecast.fit_days`` when the service has no usable
-    stored model yet (the forecast stage will fit one).
+    stored model yet (the forecast stage will fit one). The read gets the budget's deadline, so
+    a Prometheus that answers slowly ends the read (reason ``deadline``) instead of the run.
+
+    Args:
+        budget: the cycle's time budget (default: ``Settings.run_timeout_s`` from now).
 
     Returns:
         URI of the history artifact (``history/<service>/...json.gz``); on a data problem it
@@ -239,10 +331,15 @@ def ingest(
         "for_fit": fit,
         "error": None,
     }
+    budget = Budget.for_settings(settings) if budget is None else budget
     try:
+        late = _over_budget(budget, "ingest")
+        if late is not None:
+            raise SourceError("deadline", late["message"])
         with _source(settings, source) as src:
-            raw = src.read(
-                svc.query, end=now, span=pd.Timedelta(days=days), step_s=svc.step_s
+            raw = _read_source(
+                src, svc.query, end=now, span=pd.Timedelta(days=days), step_s=svc.step_s,
+                deadline=budget.monotonic_deadline(),
             )
         rps, quality = check_history(raw, now=now, data=svc.data, source=f"service {svc.name}")
         doc.update(
@@ -253,27 +350,51 @@ def ingest(
     return _write_gz(store, "history", svc.name, now, doc)
 
 
-def forecast(settings: Settings, service: str, history_uri: str, now: Any) -> str:
+def forecast(
+    settings: Settings,
+    service: str,
+    history_uri: str,
+    now: Any,
+    *,
+    budget: Budget | None = None,
+) -> str:
     """Forecast the service's load from the history artifact at ``history_uri``.
+
+    Args:
+        budget: the cycle's time budget; once it has passed, nothing is forecast (the artifact
+            carries the ``deadline`` error). None: no limit.
 
     Returns:
         URI of the forecast artifact: the Forecast (``Forecast.to_dict``), the model used and
-        any fallback, the observed load; or the upstream/own error.
+        any fallback, the observed load; or the upstream/own error (``corrupt`` when the
+        history artifact cannot be read).
     """
     svc = settings.service(service)
     now = as_now(now)
     store = store_for(settings)
-    history = _read(history_uri)
     doc: dict[str, Any] = {
         "kind": "forecast",
         "service": svc.name,
         "run_at": iso(now),
         "history_uri": history_uri,
-        "error": history.get("error"),
+        "error": None,
     }
+    rps = None
+    try:
+        history = _read(history_uri)
+        doc["error"] = history.get("error")
+        if doc["error"] is None:
+            rps = _history_series(history)
+    except ArtifactError as exc:
+        doc["error"] = _corrupt("forecast", exc)
+    except (KeyError, TypeError, ValueError) as exc:
+        doc["error"] = _corrupt("forecast", ArtifactError(f"{history_uri}: malformed history: "
+                                                          f"{exc!r}"))
+    if doc["error"] is None:
+        doc["error"] = _over_budget(budget, "forecast")
     if doc["error"] is None:
         try:
-            doc.update(_forecast(store, svc, _history_series(history), now))
+            doc.update(_forecast(store, svc, rps, now))
         except BadInputError as exc:
             doc["error"] = _error("forecast", "model", str(exc))
     return store.write_json("forecasts", svc.name, now, doc)
@@ -283,20 +404,17 @@ def _forecast(store: ArtifactStore, svc: ServiceSettings, rps: pd.Series, now) -
     from forecasting.models import make_model
 
     f = svc.forecast
-    entry = usable_model(store, svc, now)
+    found = model_store.find(store, svc, now)
     fallback = None
-    model_uri = None
-    if entry is not None:
+    model = model_uri = None
+    refit_reason = found.refused  # the newest stored model was refused: refit, and say why
+    if found.entry is not None:
         try:
-            model, meta = load_model(entry.uri)
-            model_uri, fitted_at = entry.uri, meta["fitted_at"]
-        except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, KeyError,
-                FileNotFoundError, ValueError) as exc:
-            # e.g. stored by another version of a library: refit on what this run read
-            entry, fallback_note = None, f"stored model {entry.uri} unreadable ({exc!r}); refitted"
-    else:
-        fallback_note = None
-    if entry is None:
+            model, meta = load_model(store, found.entry.uri)
+            model_uri, fitted_at = found.entry.uri, meta["fitted_at"]
+        except model_store.StoredModelError as exc:
+            refit_reason = f"stored model {found.entry.uri} refused: {exc}"
+    if model is None:
         try:
             model, model_uri = fit_and_store(store, svc, rps, now)
             fitted_at = iso(now)
@@ -304,8 +422,8 @@ def _forecast(store: ArtifactStore, svc: ServiceSettings, rps: pd.Series, now) -
             # The configured model cannot be fitted on this history: the seasonal naive
             # forecast answers (DESIGN: baselines double as fallbacks), and the record says so.
             fallback = f"seasonal naive answered: {f.model} could not be fitted: {exc}"
-            if fallback_note:
-                fallback += f" ({fallback_note})"
+            if refit_reason:
+                fallback += f" ({refit_reason})"
             model = make_model("seasonal_naive", horizon=f.horizon_steps, seed=f.seed)
             model.fit(rps)  # raises BadInputError too when even that is impossible
             fitted_at = iso(now)
@@ -321,24 +439,44 @@ def _forecast(store: ArtifactStore, svc: ServiceSettings, rps: pd.Series, now) -
             "uri": model_uri,
             "fitted_at": fitted_at,
             "fallback": fallback or fc.fallback,
+            "refit_reason": refit_reason,
         },
         "observed_rps": float(values[np.isfinite(values)][-1]),
+        "window_peak_rps": window_peak(rps, svc.stabilisation_s),
         "plan_quantile": f.plan_quantile,
     }
 
 
+def window_peak(rps: pd.Series, window_s: float) -> float | None:
+    """The highest load observed within ``window_s`` before the newest sample (rps), which a
+    scale-in must carry (:func:`actuator.guards.confirm_scale_in`); None without data."""
+    recent = rps.loc[rps.index[-1] - pd.Timedelta(seconds=window_s) :].to_numpy()
+    recent = recent[np.isfinite(recent)]
+    return float(recent.max()) if recent.size else None
+
+
 def plan(
-    settings: Settings, service: str, forecast_uri: str, now: Any, *, api: Any = None
+    settings: Settings,
+    service: str,
+    forecast_uri: str,
+    now: Any,
+    *,
+    api: Any = None,
+    budget: Budget | None = None,
 ) -> str:
     """Plan replicas × cores × batch for the forecast at ``forecast_uri``.
 
     The current state is read from the cluster (Deployment replicas, CPU of its pods) when the
     API answers, else assumed to be the reactive optimum for the observed load (the record says
-    which).
+    which). Decision records that cannot be read while looking for the last scale-up are
+    skipped and listed under ``skipped``.
+
+    Args:
+        budget: the cycle's time budget; once it has passed, nothing is planned (``deadline``).
 
     Returns:
         URI of the plan artifact (``Plan.to_dict`` plus the state it started from), or the
-        upstream/own error.
+        upstream/own error (``corrupt`` when the forecast artifact cannot be read).
     """
     from planner.policy import plan_two_stage
     from surgecast.planning import load_profile
@@ -346,33 +484,50 @@ def plan(
     svc = settings.service(service)
     now = as_now(now)
     store = store_for(settings)
-    fc_doc = _read(forecast_uri)
     doc: dict[str, Any] = {
         "kind": "plan",
         "service": svc.name,
         "run_at": iso(now),
         "forecast_uri": forecast_uri,
-        "history_uri": fc_doc.get("history_uri"),
-        "error": fc_doc.get("error"),
+        "history_uri": None,
+        "error": None,
+        "skipped": [],
     }
+    try:
+        fc_doc = _read(forecast_uri)
+        doc["history_uri"] = fc_doc.get("history_uri")
+        doc["error"] = fc_doc.get("error")
+    except ArtifactError as exc:
+        doc["error"] = _corrupt("plan", exc)
     if doc["error"] is None:
         try:
             fc = fc_doc["forecast"]
             q = svc.forecast.plan_quantile
             loads = np.asarray(fc["quantiles"][str(q)], dtype=np.float64)
             observed = float(fc_doc["observed_rps"])
+            step_s, cutoff = float(fc["step_s"]), fc["cutoff"]
+            if loads.ndim != 1 or not loads.size or not math.isfinite(observed):
+                raise ValueError("the planning quantile is not a series, or no observed load")
+        except (KeyError, TypeError, ValueError) as exc:
+            doc["error"] = _corrupt(
+                "plan", ArtifactError(f"{forecast_uri}: malformed forecast: {exc!r}")
+            )
+    if doc["error"] is None:
+        doc["error"] = _over_budget(budget, "plan")
+    if doc["error"] is None:
+        try:
             pipeline = load_profile(svc.profile)
             policy = svc.policy()
             state, source = current_state(settings, svc, pipeline, observed, api=api)
-            last_up = last_scale_up(store, svc, now)
+            last_up = last_scale_up(store, svc, now, skipped=doc["skipped"])
             result = plan_two_stage(
                 svc.name,
                 pipeline,
                 state,
                 observed,
                 loads,
-                float(fc["step_s"]),
-                fc["cutoff"],
+                step_s,
+                cutoff,
                 policy,
                 last_scale_up_at=last_up,
             )
@@ -385,6 +540,7 @@ def plan(
                     "source": source,
                 },
                 observed_rps=observed,
+                window_peak_rps=fc_doc.get("window_peak_rps"),
                 quantile=q,
                 peak_rps=float(loads.max()),
                 last_scale_up_at=None if last_up is None else iso(last_up),
@@ -392,6 +548,19 @@ def plan(
         except (PlannerInputError, BadInputError) as exc:
             doc["error"] = _error("plan", "planner", str(exc))
     return store.write_json("plans", svc.name, now, doc)
+
+
+class StageFailed(RuntimeError):
+    """An unexpected exception in a stage, after its decision record (outcome ``error``) was
+    written; the original exception is the ``__cause__``.
+
+    Attributes:
+        record_uri: the decision record, or None when even it could not be written.
+    """
+
+    def __init__(self, message: str, record_uri: str | None) -> None:
+        super().__init__(message)
+        self.record_uri = record_uri
 
 
 def actuate(
@@ -402,26 +571,42 @@ def actuate(
     *,
     api: Any = None,
     options: Any = None,
+    budget: Budget | None = None,
 ) -> str:
     """Apply the due part of the plan at ``plan_uri`` (shadow: dry-run only) and record it.
 
     Always writes a decision record (``decisions/<service>/...json``) and pushes the run's
-    metrics; on an upstream error nothing is touched and the record says why.
+    metrics; on an upstream error, an unreadable plan (``corrupt``) or a passed budget
+    (``deadline``) nothing is touched and the record says why. Forecast and history artifacts
+    that cannot be read only leave their inputs out of the record (listed in ``errors``).
 
     Args:
         api: an ``actuator.kube.KubeApi`` (default: from ``settings.kubernetes``).
-        options: ``actuator.apply.RunOptions`` (retries, polling, sleep); its
-            ``last_scale_up_s`` is filled in from the store.
+        options: ``actuator.apply.RunOptions`` (retries, polling, sleep, wall clock); its
+            ``last_scale_up_s`` is filled in from the store, everything else is kept.
+        budget: the cycle's time budget; once it has passed, nothing is applied.
 
     Returns:
         URI of the decision record.
+
+    Raises:
+        StageFailed: an unexpected exception while applying, after the record (outcome
+            ``error``) and the metric were written.
     """
     svc = settings.service(service)
     now = as_now(now)
     store = store_for(settings)
-    plan_doc = _read(plan_uri)
-    fc_doc = _read(plan_doc["forecast_uri"]) if plan_doc.get("forecast_uri") else {}
-    hist_doc = _read(plan_doc["history_uri"]) if plan_doc.get("history_uri") else {}
+    notes: list[str] = []
+    error = None
+    try:
+        plan_doc = _read(plan_uri)
+    except ArtifactError as exc:
+        plan_doc, error = {}, _corrupt("actuate", exc)
+    fc_doc = _read_for_record(plan_doc.get("forecast_uri"), notes)
+    hist_doc = _read_for_record(plan_doc.get("history_uri"), notes)
+    if error is None:
+        error = _checked_error(plan_doc.get("error"), plan_uri)
+    skipped = plan_doc.get("skipped")
     record: dict[str, Any] = {
         "kind": "decision",
         "service": svc.name,
@@ -433,20 +618,32 @@ def actuate(
         "quantile": svc.forecast.plan_quantile,
         "inputs": _inputs(plan_doc, fc_doc, hist_doc),
         "artifacts": {
-            "history": plan_doc.get("history_uri"),
-            "forecast": plan_doc.get("forecast_uri"),
+            "history": _text(plan_doc.get("history_uri")),
+            "forecast": _text(plan_doc.get("forecast_uri")),
             "plan": plan_uri,
         },
         "plan": plan_doc.get("plan"),
         "bound_by": [],
         "applied": [],
-        "error": plan_doc.get("error"),
-        "errors": [],
+        "error": error,
+        "errors": [f"skipped {n}" for n in skipped if isinstance(n, str)]
+        if isinstance(skipped, list)
+        else [],
         "actuator": None,
         "metrics": None,
     }
+    record["errors"] += notes
     if record["error"] is None:
-        _actuate(settings, svc, plan_doc, now, record, api=api, options=options)
+        record["error"] = _over_budget(budget, "actuate")
+    if record["error"] is None:
+        try:
+            _actuate(settings, svc, plan_doc, now, record, api=api, options=options)
+        except Exception as exc:
+            # Recorded before it propagates: the task is retried, but this run's attempt and
+            # whatever the actuator did are on record (its own line lists every change).
+            log.exception("%s: actuate failed", svc.name)
+            uri = _write_failure(settings, svc, now, "actuate", exc, record)
+            raise StageFailed(f"{svc.name}: actuate: {type(exc).__name__}: {exc}", uri) from exc
     if record["error"] is not None and record["actuator"] is None:
         err = record["error"]
         record["errors"].insert(0, f"{err['stage']}: {err['message']}")
@@ -455,9 +652,80 @@ def actuate(
     return store.write_json("decisions", svc.name, now, record)
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _read_for_record(uri: Any, notes: list[str]) -> dict:
+    """An upstream artifact read only for the record's inputs: {} (and a note) if unreadable."""
+    if uri is None:
+        return {}
+    try:
+        return _read(uri)
+    except ArtifactError as exc:
+        notes.append(f"skipped {exc}")
+        return {}
+
+
+def _checked_error(err: Any, uri: str) -> dict | None:
+    """An upstream ``error`` as passed on, or a ``corrupt`` error when it is not one."""
+    if err is None:
+        return None
+    if isinstance(err, dict) and all(isinstance(err.get(k), str)
+                                     for k in ("stage", "reason", "message")):
+        return err
+    return _corrupt("actuate", ArtifactError(f"{uri}: malformed error field {err!r:.200}"))
+
+
+def _failure_record(svc: ServiceSettings, now: pd.Timestamp, stage: str, exc: BaseException,
+                    record: dict | None = None) -> dict:
+    """A decision record with outcome ``error`` for an unexpected exception in ``stage``."""
+    message = f"{type(exc).__name__}: {exc}"
+    record = dict(record) if record is not None else {
+        "kind": "decision",
+        "service": svc.name,
+        "run_at": iso(now),
+        "mode": svc.mode,
+        "quantile": svc.forecast.plan_quantile,
+        "inputs": {},
+        "artifacts": {},
+        "plan": None,
+        "bound_by": [],
+        "applied": [],
+        "errors": [],
+        "actuator": None,
+    }
+    record.update(
+        ok=False,
+        outcome="error",
+        error=_error(stage, "internal", message),
+        summary=f"error ({stage}): {message}",
+        metrics=None,
+    )
+    record["errors"] = [*record.get("errors", []), f"{stage}: internal error: {message}"]
+    return record
+
+
+def _write_failure(settings: Settings, svc: ServiceSettings, now: pd.Timestamp, stage: str,
+                   exc: BaseException, record: dict | None = None) -> str | None:
+    """Record an unexpected exception in ``stage`` (decision record + metric); the record's URI,
+    or None when the store itself fails (logged)."""
+    doc = _failure_record(svc, now, stage, exc, record)
+    doc["metrics"] = push_run_metrics(settings.pushgateway_url, doc)
+    try:
+        return store_for(settings).write_json("decisions", svc.name, now, doc)
+    except Exception:  # the store is what failed; the log and the metric are what is left
+        log.exception("%s: cannot write the decision record of a failed run", svc.name)
+        return None
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _inputs(plan_doc: dict, fc_doc: dict, hist_doc: dict) -> dict:
-    fc = fc_doc.get("forecast") or {}
-    model = fc_doc.get("model") or {}
+    fc = _dict(fc_doc.get("forecast"))
+    model = _dict(fc_doc.get("model"))
     return {
         "query": hist_doc.get("query"),
         "history": hist_doc.get("quality"),
@@ -466,6 +734,7 @@ def _inputs(plan_doc: dict, fc_doc: dict, hist_doc: dict) -> dict:
         "model_uri": model.get("uri"),
         "model_fitted_at": model.get("fitted_at"),
         "fallback": model.get("fallback"),
+        "model_refit_reason": model.get("refit_reason"),
         "forecast_cutoff": fc.get("cutoff"),
         "observed_rps": fc_doc.get("observed_rps"),
         "forecast_peak_rps": plan_doc.get("peak_rps"),
@@ -484,8 +753,28 @@ def _actuate(settings, svc, plan_doc, now, record, *, api, options) -> None:
 
     try:
         result_plan = Plan.from_dict(plan_doc["plan"])
+        observed_rps = float(plan_doc["observed_rps"])
+        peak = plan_doc.get("window_peak_rps")
+        window_peak_rps = None if peak is None else float(peak)
+    except (PlannerInputError, BadInputError) as exc:
+        record["error"] = _error("actuate", "plan", str(exc))
+        return
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        record["error"] = _error("actuate", "corrupt", f"malformed plan artifact: {exc!r:.300}")
+        return
+    # The plan names the service the actuator touches and the folder its record goes to:
+    # only this service's own plan is applied, whatever a plan file says (see also
+    # surgecast.artifacts.check_service_name).
+    if result_plan.service != svc.name or plan_doc.get("service") != svc.name:
+        record["error"] = _error(
+            "actuate",
+            "plan",
+            f"plan is for service {str(result_plan.service)[:100]!r}, not {svc.name!r}: refused",
+        )
+        return
+    try:
         pipeline = load_profile(svc.profile)
-        floors = reactive_floors(pipeline, svc, float(plan_doc["observed_rps"]))
+        floors = reactive_floors(pipeline, svc, observed_rps, window_peak_rps)
     except (PlannerInputError, BadInputError) as exc:
         record["error"] = _error("actuate", "plan", str(exc))
         return
@@ -496,7 +785,11 @@ def _actuate(settings, svc, plan_doc, now, record, *, api, options) -> None:
             record["error"] = _error("actuate", "kubernetes", str(exc))
             return
     store = store_for(settings)
-    last_up = last_scale_up(store, svc, now)
+    skipped: list[str] = []
+    last_up = last_scale_up(store, svc, now, skipped=skipped)
+    record["errors"] += [f"skipped {n}" for n in skipped if f"skipped {n}" not in record["errors"]]
+    # replace() keeps everything the caller set (retries, sleep, wall_clock, max_clock_skew_s):
+    # the actuator's clock check runs against the caller's wall clock.
     options = RunOptions() if options is None else options
     options = replace(options, last_scale_up_s=None if last_up is None else last_up.timestamp())
     rec = apply_plan(
@@ -516,6 +809,7 @@ def _actuate(settings, svc, plan_doc, now, record, *, api, options) -> None:
     ]
     record["applied"] = [c for c in data["changes"] if c["outcome"] not in ("unchanged",)]
     record["summary"] = rec.summary()
+    record["held"] = rec.held
     if rec.refused:
         record["outcome"] = "refused"
         record["error"] = _error("actuate", "refused", rec.refused)
@@ -526,13 +820,16 @@ def _actuate(settings, svc, plan_doc, now, record, *, api, options) -> None:
         record["ok"] = True
         record["outcome"] = (
             ("applied" if rec.applied else "unchanged")
-            if svc.active
+            if svc.active and rec.held is None
             else ("dry-run" if record["applied"] else "unchanged")
         )
 
 
-def reactive_floors(pipeline, svc: ServiceSettings, observed_rps: float) -> dict:
-    """The actuator's reactive floor per stage: the horizontal optimum for the observed load."""
+def reactive_floors(
+    pipeline, svc: ServiceSettings, observed_rps: float, window_peak_rps: float | None = None
+) -> dict:
+    """The actuator's reactive floor per stage: the horizontal optimum for the observed load,
+    and the peak observed over the stabilisation window that a scale-in must carry."""
     from actuator.target import Floor
     from planner.dp import horizontal
     from planner.queueing import load_within_headroom
@@ -551,7 +848,12 @@ def reactive_floors(pipeline, svc: ServiceSettings, observed_rps: float) -> dict
         def capacity(cfg, profile=profile) -> float:
             return load_within_headroom(cfg.replicas * profile.throughput_rps(cfg.batch, cfg.cores))
 
-        floors[i] = Floor(observed_rps=observed_rps, capacity_rps=capacity, floor=config)
+        floors[i] = Floor(
+            observed_rps=observed_rps,
+            capacity_rps=capacity,
+            floor=config,
+            window_peak_rps=window_peak_rps,
+        )
     return floors
 
 
@@ -635,17 +937,29 @@ def actuator_dir(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / "surgecast-actuator"
 
 
-def last_scale_up(store: ArtifactStore, svc: ServiceSettings, now: pd.Timestamp):
+def last_scale_up(
+    store: ArtifactStore,
+    svc: ServiceSettings,
+    now: pd.Timestamp,
+    *,
+    skipped: list[str] | None = None,
+):
     """When this service's capacity was last raised in its current mode, within the
-    stabilisation window before ``now`` (from the decision records), or None."""
+    stabilisation window before ``now`` (from the decision records), or None.
+
+    A record that cannot be read (missing, truncated, corrupt) is skipped, never fatal, and
+    described in ``skipped`` when a list is given.
+    """
     start = now - pd.Timedelta(seconds=svc.stabilisation_s)
     for entry in reversed(store.entries("decisions", svc.name, start=start, end=now)):
         try:
-            doc = store.read_json(entry.uri)
-        except (FileNotFoundError, ValueError):
+            doc = store.read_doc(entry.uri)
+        except ArtifactError as exc:
+            if skipped is not None:
+                skipped.append(str(exc))
             continue
-        act = doc.get("actuator") or {}
-        if doc.get("mode") == svc.mode and act.get("scaled_up"):
+        act = _dict(doc.get("actuator"))
+        if doc.get("mode") == svc.mode and act.get("scaled_up") is True:
             return entry.at
     return None
 
@@ -699,7 +1013,7 @@ def push_run_metrics(url: str | None, record: dict, *, timeout_s: float = 5.0) -
             grouping_key={"service": record["service"]},
             timeout=timeout_s,
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # unreachable, HTTP error, malformed URL
         return f"failed: {exc}"
     return "pushed"
 
@@ -737,28 +1051,64 @@ def run_service(
     source: PrometheusSource | None = None,
     api: Any = None,
     options: Any = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ServiceRun:
-    """ingest -> forecast -> plan -> actuate for one service."""
-    clock = [time.perf_counter()]
+    """ingest -> forecast -> plan -> actuate for one service, within its time budget.
+
+    Never raises for a problem of this service: an unexpected exception in any stage becomes
+    its decision record (outcome ``error``, reason ``internal``, the stage named) and metric,
+    and the returned run is not ok. The budget (``Settings.run_timeout_s``) starts here; the
+    ingest hands its deadline to the source and every later stage checks it before working,
+    so a run that is late records ``deadline`` and applies nothing.
+
+    Args:
+        clock: monotonic seconds for the budget (``time.monotonic``; tests pass a test clock).
+    """
+    svc = settings.service(service)
+    now = as_now(now)
+    budget = Budget.for_settings(settings, clock)
+    laps = [time.perf_counter()]
     stages: dict[str, float] = {}
 
     def lap(name: str) -> None:
-        clock.append(time.perf_counter())
-        stages[name] = clock[-1] - clock[-2]
+        laps.append(time.perf_counter())
+        stages[name] = laps[-1] - laps[-2]
 
-    history_uri = ingest(settings, service, now, source=source)
-    lap("ingest")
-    forecast_uri = forecast(settings, service, history_uri, now)
-    lap("forecast")
-    plan_uri = plan(settings, service, forecast_uri, now, api=api)
-    lap("plan")
-    record_uri = actuate(settings, service, plan_uri, now, api=api, options=options)
-    lap("actuate")
-    record = ArtifactStore.read_json(record_uri)
-    line = f"{service}: {record['mode']} {record['outcome']}: {record['summary']}"
+    stage = "ingest"
+    try:
+        history_uri = ingest(settings, service, now, source=source, budget=budget)
+        lap(stage)
+        stage = "forecast"
+        forecast_uri = forecast(settings, service, history_uri, now, budget=budget)
+        lap(stage)
+        stage = "plan"
+        plan_uri = plan(settings, service, forecast_uri, now, api=api, budget=budget)
+        lap(stage)
+        stage = "actuate"
+        record_uri = actuate(
+            settings, service, plan_uri, now, api=api, options=options, budget=budget
+        )
+        lap(stage)
+        record = ArtifactStore.read_doc(record_uri)
+    except StageFailed as exc:  # actuate recorded it already
+        lap(stage)
+        return _failed_run(svc, exc.record_uri, str(exc), laps, stages)
+    except Exception as exc:
+        # One service's failure is its own: recorded, and the fleet goes on (DESIGN 6).
+        log.exception("%s: %s failed", svc.name, stage)
+        lap(stage)
+        uri = _write_failure(settings, svc, now, stage, exc)
+        return _failed_run(svc, uri, f"{stage}: {type(exc).__name__}: {exc}", laps, stages)
+    line = f"{service}: {record.get('mode')} {record.get('outcome')}: {record.get('summary')}"
     return ServiceRun(
-        service, record_uri, bool(record["ok"]), line, clock[-1] - clock[0], stages
+        service, record_uri, record.get("ok") is True, line, laps[-1] - laps[0], stages
     )
+
+
+def _failed_run(svc, uri: str | None, message: str, laps: list[float], stages) -> ServiceRun:
+    where = uri if uri is not None else "no record written"
+    line = f"{svc.name}: {svc.mode} error: {message} ({where})"
+    return ServiceRun(svc.name, uri or "", False, line, laps[-1] - laps[0], stages)
 
 
 def run_once(
@@ -770,14 +1120,19 @@ def run_once(
     api: Any = None,
     options: Any = None,
     progress: Callable[[ServiceRun], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[ServiceRun]:
     """One full cycle for every service (or those named), in config order.
 
-    One Prometheus session and one Kubernetes client serve every service. A service whose
-    cluster client cannot be built still gets its decision record (the error says why).
-    """
-    from actuator.errors import ActuatorInputError
+    One Prometheus session and one Kubernetes client serve every service. Services are
+    isolated: each has its own budget, and one that fails (even unexpectedly) gets its
+    decision record while the others still run; the result has one entry per service. A
+    service whose cluster client cannot be built still gets its decision record (the error
+    says why).
 
+    Args:
+        clock: monotonic seconds for the budgets (tests pass a test clock).
+    """
     now = as_now(now)
     names = list(services) if services is not None else settings.names
     for name in names:
@@ -785,12 +1140,15 @@ def run_once(
     if api is None:
         try:
             api = kube_api(settings)
-        except ActuatorInputError:
-            api = None  # each service's actuate records the error
+        except Exception as exc:  # each service's actuate meets (and records) it again
+            log.warning("kubernetes client: %s", exc)
+            api = None
     runs = []
     with _source(settings, source) as src:
         for name in names:
-            run = run_service(settings, name, now, source=src, api=api, options=options)
+            run = run_service(
+                settings, name, now, source=src, api=api, options=options, clock=clock
+            )
             runs.append(run)
             if progress is not None:
                 progress(run)
@@ -867,20 +1225,25 @@ def accuracy(
     rows = []
     fallbacks = 0
     quantiles: list[float] = []
+    skipped: list[str] = []
     for entry in entries:
-        doc = store.read_json(entry.uri)
-        fc = doc.get("forecast")
-        if doc.get("error") is not None or fc is None:
+        try:
+            doc = store.read_doc(entry.uri)
+            fc = doc.get("forecast")
+            if doc.get("error") is not None or fc is None:
+                continue
+            found, cutoff = _forecast_rows(fc)
+            if (found and found[0]["ds"].tzinfo is None) or cutoff.tzinfo is None:
+                raise ValueError("times without a zone")
+        except ArtifactError as exc:
+            skipped.append(str(exc))
             continue
-        fallbacks += bool((doc.get("model") or {}).get("fallback"))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            skipped.append(f"{entry.uri}: malformed forecast: {exc!r:.200}")
+            continue
+        fallbacks += bool(_dict(doc.get("model")).get("fallback"))
         quantiles = sorted(float(q) for q in fc["quantiles"])
-        cutoff = pd.Timestamp(fc["cutoff"])
-        for h, ds in enumerate(fc["ds"]):
-            row = {"ds": pd.Timestamp(ds), "cutoff": cutoff, "h": h + 1,
-                   "surgecast": fc["mean"][h]}
-            for q, values in fc["quantiles"].items():
-                row[f"surgecast-q{float(q):g}"] = values[h]
-            rows.append(row)
+        rows += found
     report: dict[str, Any] = {
         "kind": "accuracy",
         "service": svc.name,
@@ -888,6 +1251,7 @@ def accuracy(
         "window": {"start": iso(start), "end": iso(now)},
         "forecasts": len({r["cutoff"] for r in rows}),
         "fallbacks": fallbacks,
+        "skipped": skipped,
         "error": None,
     }
     if not rows:
@@ -924,6 +1288,19 @@ def accuracy(
     return store.write_json("accuracy", svc.name, now, report)
 
 
+def _forecast_rows(fc: dict) -> tuple[list[dict], pd.Timestamp]:
+    """One row per horizon step of a stored forecast (``ds, cutoff, h, surgecast, -q...``)."""
+    cutoff = pd.Timestamp(fc["cutoff"])
+    rows = []
+    for h, ds in enumerate(fc["ds"]):
+        row = {"ds": pd.Timestamp(ds), "cutoff": cutoff, "h": h + 1,
+               "surgecast": float(fc["mean"][h])}
+        for q, values in fc["quantiles"].items():
+            row[f"surgecast-q{float(q):g}"] = values[h]
+        rows.append(row)
+    return rows, cutoff
+
+
 def push_accuracy_metrics(url: str | None, report: dict, *, timeout_s: float = 5.0) -> str:
     """Push the accuracy report's headline figures (job ``surgecast_accuracy``)."""
     if not url:
@@ -950,11 +1327,17 @@ def push_accuracy_metrics(url: str | None, report: dict, *, timeout_s: float = 5
     try:
         push_to_gateway(url, job="surgecast_accuracy", registry=registry,
                         grouping_key={"service": report["service"]}, timeout=timeout_s)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return f"failed: {exc}"
     return "pushed"
 
 
-def prune(settings: Settings, now: Any) -> list[str]:
-    """Delete artifacts older than the retention (see :meth:`ArtifactStore.prune`)."""
-    return store_for(settings).prune(as_now(now), settings.artifacts.retention_days)
+def prune(
+    settings: Settings, now: Any, *, wall_clock: Callable[[], float] = time.time
+) -> list[str]:
+    """Delete artifacts older than the retention, counted from the earlier of ``now`` and
+    ``wall_clock()`` (epoch seconds), keeping the newest day of every kind and service (see
+    :meth:`ArtifactStore.prune`)."""
+    return store_for(settings).prune(
+        as_now(now), settings.artifacts.retention_days, wall_clock=wall_clock
+    )

@@ -7,13 +7,17 @@ a :class:`~planner.policy.ClusterState`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forecasting.errors import BadInputError
 from planner.dp import Decision, StageConfig, assess, horizontal, vertical
@@ -21,6 +25,9 @@ from planner.errors import PlannerInputError
 from planner.plan import Plan, utc_timestamp
 from planner.policy import ClusterState, PolicySettings, plan_two_stage
 from planner.profiles import DEFAULT_MEMORY_MB, Pipeline, bundled_profile, load_pipeline
+
+_Rps = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+"""A load in requests per second: finite, >= 0, and below a billion."""
 
 
 def load_profile(
@@ -74,57 +81,135 @@ class ForecastLoad:
         raise BadInputError(f"--quantile {q:g}: not in the forecast; it has {have}")
 
 
+MAX_FORECAST_BYTES = 16 * 1024 * 1024
+"""Largest forecast file read (16 MiB; a day of minutes with four quantiles is ~200 kB)."""
+
+MAX_FORECAST_STEPS = 10_080
+"""Longest forecast horizon a plan is made for: a week of minutes."""
+
+
+class _ForecastFile(BaseModel):
+    """The schema of what ``Forecast.to_dict`` writes (``surgecast forecast --json``).
+
+    Strict: numbers must be JSON numbers (not strings or booleans), finite and >= 0; every array
+    has the horizon's length; ``ds`` is ``cutoff + h·step_s`` for h = 1..H.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1, max_length=200)
+    cutoff: str = Field(max_length=64)
+    step_s: float = Field(gt=0, le=86_400, allow_inf_nan=False)
+    fallback: str | None = None
+    ds: list[Annotated[str, Field(max_length=64)]] = Field(
+        min_length=1, max_length=MAX_FORECAST_STEPS
+    )
+    mean: list[_Rps] = Field(min_length=1, max_length=MAX_FORECAST_STEPS)
+    quantiles: dict[str, list[_Rps]] = Field(min_length=1, max_length=32)
+
+
 def read_forecast_json(path: str | Path) -> ForecastLoad:
     """Read what ``Forecast.to_dict`` wrote (``surgecast forecast --json``).
 
     Raises:
-        BadInputError: missing file, invalid JSON, missing keys, or arrays that do not match.
+        BadInputError: one line naming the file and the first problem: missing, non-regular or
+            oversized file, invalid JSON, a field missing, unknown, of the wrong type or out
+            of range, arrays of different lengths, timestamps off the step grid, quantile
+            levels outside (0, 1), or quantiles that cross.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: forecast file not found")
     try:
+        if not path.exists():
+            raise BadInputError(f"{path}: forecast file not found")
+        if not path.is_file():
+            raise BadInputError(f"{path}: not a regular file (a forecast JSON file is needed)")
+        size = path.stat().st_size
+        if size > MAX_FORECAST_BYTES:
+            raise BadInputError(f"{path}: {size:,} bytes is too large for a forecast file")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: not a forecast JSON file: {exc}") from None
-    missing = [k for k in ("model", "cutoff", "step_s", "ds", "mean", "quantiles") if k not in data]
-    if missing:
-        raise BadInputError(f"{path}: missing key(s) {', '.join(missing)}")
+    except BadInputError:
+        raise
+    except (OSError, ValueError, RecursionError) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        elif isinstance(exc, RecursionError):
+            problem = "JSON nested too deeply"
+        else:
+            problem = str(exc)
+        raise BadInputError(f"{path}: not a forecast JSON file: {problem}") from None
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path}: a forecast file holds one JSON object")
     try:
-        cutoff = utc_timestamp(data["cutoff"], f"{path}: cutoff")
-        ds = tuple(utc_timestamp(t, f"{path}: ds") for t in data["ds"])
-        mean = np.asarray(data["mean"], dtype=np.float64)
-        quantiles = {
-            float(k): np.asarray(v, dtype=np.float64) for k, v in data["quantiles"].items()
-        }
-        step_s = float(data["step_s"])
-    except (PlannerInputError, TypeError, ValueError, AttributeError) as exc:
-        raise BadInputError(f"{path}: malformed forecast: {exc}") from None
+        parsed = _ForecastFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "file"
+        raise BadInputError(f"{path}: {where}: {first['msg']}") from None
+    try:
+        cutoff = utc_timestamp(parsed.cutoff, f"{path}: cutoff")
+        ds = tuple(utc_timestamp(t, f"{path}: ds") for t in parsed.ds)
+    except PlannerInputError as exc:
+        raise BadInputError(str(exc)) from None
+    except (OverflowError, ValueError) as exc:
+        raise BadInputError(f"{path}: timestamp out of range: {exc}") from None
+    quantiles: dict[float, np.ndarray] = {}
+    for key, values in parsed.quantiles.items():
+        try:
+            level = float(key)
+        except ValueError:
+            raise BadInputError(f"{path}: quantiles: {key[:40]!r} is not a probability") from None
+        if not 0 < level < 1:
+            raise BadInputError(f"{path}: quantiles: {key!r} is not in (0, 1)")
+        if level in quantiles:
+            raise BadInputError(f"{path}: quantiles: {key!r} is given twice")
+        quantiles[level] = np.asarray(values, dtype=np.float64)
+    mean = np.asarray(parsed.mean, dtype=np.float64)
     lengths = {len(ds), len(mean), *(len(v) for v in quantiles.values())}
-    if len(lengths) != 1 or not ds or not quantiles:
-        raise BadInputError(f"{path}: ds, mean and every quantile need the same, non-zero length")
-    return ForecastLoad(str(data["model"]), cutoff, step_s, ds, mean, quantiles)
+    if len(lengths) != 1:
+        raise BadInputError(f"{path}: ds, mean and every quantile need the same length")
+    step = pd.Timedelta(seconds=parsed.step_s)
+    expected = cutoff + step * np.arange(1, len(ds) + 1)
+    off = [i for i, (t, e) in enumerate(zip(ds, expected, strict=True)) if t != e]
+    if off:
+        i = off[0]
+        raise BadInputError(
+            f"{path}: ds[{i}] is {ds[i].isoformat()}, expected cutoff + {i + 1} x step_s = "
+            f"{pd.Timestamp(expected[i]).isoformat()}"
+        )
+    levels = sorted(quantiles)
+    for low, high in itertools.pairwise(levels):
+        crossing = np.flatnonzero(quantiles[low] > quantiles[high] + 1e-9)
+        if crossing.size:
+            i = int(crossing[0])
+            raise BadInputError(
+                f"{path}: quantiles cross at ds[{i}]: q{low:g} {quantiles[low][i]:g} > "
+                f"q{high:g} {quantiles[high][i]:g}"
+            )
+    return ForecastLoad(parsed.model, cutoff, parsed.step_s, ds, mean, quantiles)
 
 
-def parse_counts(text: str | None, stages: int, what: str) -> tuple[int, ...] | None:
-    """``"3"`` (every stage) or ``"3,2"`` (one per stage) as integers >= 1; None stays None.
+def parse_counts(
+    text: str | None, stages: int, what: str, high: int = 1_000_000
+) -> tuple[int, ...] | None:
+    """``"3"`` (every stage) or ``"3,2"`` (one per stage) as integers in [1, high]; None stays
+    None.
 
     Raises:
-        PlannerInputError: not integers >= 1, or not one value or one per stage.
+        PlannerInputError: not integers in [1, high], or not one value or one per stage.
     """
     if text is None:
         return None
-    try:
-        values = tuple(int(v) for v in str(text).split(","))
-    except ValueError:
+    parts = [v.strip() for v in str(text).split(",")]
+    if not all(re.fullmatch(r"\d{1,9}", v) for v in parts):
         raise PlannerInputError(
-            f"{what}: {text!r} is not a comma-separated list of integers"
-        ) from None
+            f"{what}: {str(text)[:40]!r} is not a comma-separated list of integers"
+        )
+    values = tuple(int(v) for v in parts)
     if len(values) == 1:
         values = values * stages
-    if len(values) != stages or any(v < 1 for v in values):
+    if len(values) != stages or any(not 1 <= v <= high for v in values):
         raise PlannerInputError(
-            f"{what}: {text!r}: give one integer >= 1, or one per stage ({stages})"
+            f"{what}: {text!r}: give one integer in [1, {high}], or one per stage ({stages})"
         )
     return values
 

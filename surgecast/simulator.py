@@ -14,14 +14,15 @@ second:
   seconds; what a stage serves flows into the next one in the same second.
 
 Replicas batch greedily (dynamic batching with no queue delay, the default of inference
-servers): a free replica takes whatever is waiting, up to its batch size. At a per-replica
-arrival rate λ that forms batches of k = λ·l(k, c)/1000 requests (the requests that arrive while
-one batch runs form the next; k = b once the replica saturates), and a request that finds no
-queue waits for the running batch (uniform in [0, l(k, c)]) and then its own, so its latency is
-uniform in [l, 2l] plus the queueing wait. The wait is exact for fluid FIFO service: arrivals
-are spread evenly over each second, cumulative departures are linear within each second, and a
-request with index i that arrives at time a leaves when the departure curve reaches i. Requests
-are counted in ``SUBSLOTS`` slices per second. Along a pipeline the stages' service times add.
+servers): a free replica takes whatever is waiting, up to its batch size. A request's latency is
+its wait in the fluid backlog plus a within-second latency L: the queueing behind sub-second
+Poisson bursts and the batch it rides in, from the stationary distribution of a bulk-service
+queue at the arrival rate of the last ``TAIL_WINDOW_S`` seconds (``latency_tail``). The backlog
+wait is exact for fluid FIFO service: arrivals are spread evenly over each second, cumulative
+departures are linear within each second, and a request with index i that arrives at time a
+leaves when the departure curve reaches i. Requests are counted in ``SUBSLOTS`` slices per
+second. Along a pipeline the stages' latencies add. ``service_ms`` still reports the batch
+service time l(k, c) of the batch k = λ·l(k, c)/1000 a replica forms at its per-second rate.
 
 Cost is core-seconds of every replica, starting or not.
 """
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from scipy.linalg import solve_banded
 
 from actuator.guards import Guard, run_guards
 from planner.dp import StageConfig
@@ -392,6 +394,10 @@ def simulate(
     usage = [np.zeros(n_sec) for _ in range(n_stages)]
     ready_cores = [np.zeros(n_sec) for _ in range(n_stages)]
     service = np.zeros(n_sec)
+    # Per second, the ready replicas and the (slowest) shape of each stage, for the
+    # within-second queue: an index into ``shapes``.
+    shapes: dict[tuple[tuple[int, int, int], ...], int] = {}
+    shape_index = np.zeros(n_sec, dtype=np.int64)
     replicas = np.zeros(n_sec, dtype=np.int32)
     cores = np.zeros(n_sec, dtype=np.int32)
     notes: list[tuple[int, str]] = []
@@ -435,6 +441,11 @@ def simulate(
             bottleneck = min(bottleneck, cap)
         served_last[t] = inflow
         capacity_min[t] = bottleneck
+        key = tuple(
+            (cluster._ready[s], cluster._shape_ready[s][1], cluster._shape_ready[s][0])
+            for s in range(n_stages)
+        )
+        shape_index[t] = shapes.setdefault(key, len(shapes))
         cost[t] = cluster._cost
         ready_cores_total[t] = sum(cluster._ready_cores)
         service[t] = service_ms
@@ -442,7 +453,8 @@ def simulate(
         cores[t] = cluster.shape[0].cores
         if progress is not None and (t + 1) % 3600 == 0:
             progress(t + 1)
-    violations = count_violations(arrivals, served_last, service, settings.slo_ms)
+    tails = _tail_tables(arrivals, pipeline, shapes, shape_index, settings.slo_ms)
+    violations = count_violations(arrivals, served_last, service, settings.slo_ms, tails=tails)
     return SimulationResult(
         policy=policy.name,
         arrivals=arrivals,
@@ -491,15 +503,21 @@ def count_violations(
     slo_ms: float,
     *,
     subslots: int = SUBSLOTS,
+    tails: TailTables | None = None,
 ) -> np.ndarray:
     """Requests over the SLO per arrival second, for fluid FIFO service.
 
-    Request i (in arrival order) arriving at time a waits ``w = x − a``, where x is when the
-    cumulative departure curve reaches i; its latency is uniform in [w + l, w + 2l] for the
-    service time l of its arrival second (it waits for the running batch, then runs in the
-    next). Arrivals are spread evenly over their second in ``subslots`` slices, each judged at
-    its middle request; departures are linear within a second. Requests never served within
-    the span count as over the SLO.
+    Request i (in arrival order) arriving at time a waits ``w = x − a`` in the fluid backlog,
+    where x is when the cumulative departure curve reaches i. Arrivals are spread evenly over
+    their second in ``subslots`` slices, each judged at its middle request; departures are
+    linear within a second. Requests never served within the span count as over the SLO.
+
+    Without ``tails`` a request's latency is uniform in [w + l, w + 2l] for the service time l
+    of its arrival second (it waits for the running batch, then runs in the next). With
+    ``tails`` it is w' + L, where L follows the second's within-second latency distribution
+    (queueing behind sub-second bursts and the batch it rides in) and w' = max(w − E[L], 0):
+    the part of the fluid backlog up to the stationary queue's mean is that same queue, seen
+    at 1-s resolution, and is not counted twice.
 
     Args:
         arrivals: requests arriving per second.
@@ -507,6 +525,7 @@ def count_violations(
         service_ms: batch service time l (ms) per arrival second.
         slo_ms: the SLO (ms).
         subslots: slices per second.
+        tails: the within-second latency distribution of each second (see ``TailTables``).
 
     Returns:
         Requests over the SLO per second (float: fluid counts).
@@ -525,7 +544,250 @@ def count_violations(
     leave = np.interp(middle.ravel(), cum_dep[keep], times[keep]).reshape(n_sec, subslots)
     wait_s = np.maximum(leave - arrival_time, 0.0)
     never = middle > cum_dep[-1] + 1e-9
-    service_s = np.maximum(service_ms, 1e-9)[:, None] / 1000.0
-    late_share = np.clip((wait_s + 2.0 * service_s - slo_ms / 1000.0) / service_s, 0.0, 1.0)
+    if tails is None:
+        service_s = np.maximum(service_ms, 1e-9)[:, None] / 1000.0
+        late_share = np.clip((wait_s + 2.0 * service_s - slo_ms / 1000.0) / service_s, 0.0, 1.0)
+    else:
+        mean_s = tails.mean_ms[tails.index][:, None] / 1000.0
+        room_ms = slo_ms - 1000.0 * np.maximum(wait_s - mean_s, 0.0)
+        late_share = _ccdf_at(tails, room_ms)
     late_share[never] = 1.0
     return (late_share * per_slot).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class TailTables:
+    """Within-second latency distributions of a run, one row per distinct (shape, rate).
+
+    Attributes:
+        ccdf: (rows, points) P(latency > x) at x = i·TAIL_GRID_MS ms; 0 beyond the last point.
+        mean_ms: (rows,) the mean latency of each row (ms).
+        index: (seconds,) the row of each second.
+    """
+
+    ccdf: np.ndarray
+    mean_ms: np.ndarray
+    index: np.ndarray
+
+
+def _ccdf_at(tails: TailTables, x_ms: np.ndarray) -> np.ndarray:
+    """P(latency > x) for each second's row (axis 0 of ``x_ms``), linear between grid points;
+    1 for x < 0."""
+    points = tails.ccdf.shape[1]
+    pos = np.clip(x_ms / TAIL_GRID_MS, 0.0, points - 1.0)
+    low = np.minimum(pos.astype(np.int64), points - 2) if points > 1 else np.zeros_like(pos, int)
+    frac = pos - low
+    rows = tails.index[:, None]
+    high = np.minimum(low + 1, points - 1)
+    value = tails.ccdf[rows, low] * (1.0 - frac) + tails.ccdf[rows, high] * frac
+    return np.where(x_ms < 0, 1.0, value)
+
+
+def _tail_tables(
+    arrivals: np.ndarray,
+    pipeline: Pipeline,
+    shapes: dict[tuple[tuple[int, int, int], ...], int],
+    shape_index: np.ndarray,
+    slo_ms: float,
+) -> TailTables:
+    """The within-second latency distribution of every second of a run.
+
+    Each stage is taken at the mean arrival rate of the last ``TAIL_WINDOW_S`` seconds, as a
+    share of its ready capacity in steps of ``TAIL_RHO_STEP`` (at most ``TAIL_RHO_MAX``). Along
+    a pipeline the stage with the longest mean latency keeps its distribution and the others
+    add their mean (the stages' sub-second queues are only weakly related; an approximation).
+    """
+    n_sec = len(arrivals)
+    cum = np.concatenate([[0.0], np.cumsum(arrivals)])
+    start = np.maximum(np.arange(n_sec) - TAIL_WINDOW_S + 1, 0)
+    rate = (cum[1:] - cum[start]) / (np.arange(n_sec) + 1 - start)
+    by_id = {i: key for key, i in shapes.items()}
+    n_stages = len(pipeline.stages)
+    steps = np.zeros((n_sec, n_stages), dtype=np.int64)
+    for i, key in by_id.items():
+        at = shape_index == i
+        for s, (ready, cores, batch) in enumerate(key):
+            capacity = ready * _throughput(pipeline.stages[s], batch, cores)
+            if capacity <= 0:
+                continue
+            rho = np.minimum(rate[at] / capacity, TAIL_RHO_MAX)
+            steps[at, s] = np.rint(rho / TAIL_RHO_STEP).astype(np.int64)
+    rows, index = np.unique(np.column_stack([shape_index, steps]), axis=0, return_inverse=True)
+    points = math.ceil(slo_ms / TAIL_GRID_MS) + 2
+    ccdf = np.zeros((len(rows), points))
+    mean_ms = np.zeros(len(rows))
+    for r, row in enumerate(rows):
+        key = by_id[int(row[0])]
+        stage_tails = []
+        for s, (ready, cores, batch) in enumerate(key):
+            if ready == 0:
+                continue
+            profile = pipeline.stages[s]
+            capacity = ready * _throughput(profile, batch, cores)
+            rps = row[1 + s] * TAIL_RHO_STEP * capacity
+            stage_tails.append(latency_tail(profile, ready, cores, batch, rps, slo_ms))
+        if not stage_tails:
+            continue  # nothing serves: the fluid backlog holds every request
+        main = max(stage_tails, key=lambda t: t.mean_ms)
+        shift_ms = sum(t.mean_ms for t in stage_tails) - main.mean_ms
+        grid = np.arange(points) * TAIL_GRID_MS - shift_ms
+        ccdf[r] = np.interp(grid, np.arange(len(main.ccdf)) * TAIL_GRID_MS, main.ccdf, 1.0, 0.0)
+        mean_ms[r] = main.mean_ms + shift_ms
+    return TailTables(ccdf=ccdf, mean_ms=mean_ms, index=np.asarray(index).reshape(-1))
+
+
+# -- queueing within a second ---------------------------------------------------------------------
+#
+# The fluid backlog above follows each second's count, spread evenly; the wait a request meets
+# from sub-second Poisson bursts (and the batch size those bursts form) is not in it. That part
+# comes from the stationary distribution of a bulk-service queue at the recent arrival rate:
+# replicas pick up the waiting requests up to their batch size (greedy dynamic batching), and
+# with all n replicas busy a pick-up happens every l(k)/n, staggered. That is the embedded
+# Markov chain of the M/G^(1,b)/1 bulk-service queue at pick-up epochs (Bailey 1954, "On
+# queueing processes with bulk service", J. R. Stat. Soc. B 16(1); Chaudhry & Templeton, "A
+# First Course in Bulk Queues", 1983, ch. 4), with a service time that depends on the batch
+# size and a server n times as fast for the queue's dynamics, while each request still takes the
+# whole l(k) of its batch. For one replica the chain is exact; for several it waits a little
+# too long (a pick-up can also happen at once on an idle replica), by up to about 1.9x in the
+# share over an SLO near p96-p99.8 (tests/test_simulator.py has the measured figures).
+
+TAIL_GRID_MS = 1.0
+"""Step (ms) of the latency grid on which the within-second latency distribution is kept."""
+TAIL_WINDOW_S = 30
+"""Seconds of arrivals (trailing, this one included) whose mean rate sets the within-second
+queue: long against its relaxation time near the SLO (a fraction of a second to a few seconds at
+85 % load), so that a single busy second does not set it (that part is the fluid backlog's)."""
+TAIL_RHO_STEP = 0.01
+"""The rate is taken in steps of this share of the stage's capacity (the tables are cached)."""
+TAIL_RHO_MAX = 0.97
+"""Highest utilisation the stationary queue is taken at; above it the fluid backlog carries the
+excess (the stationary backlog carry-over scheme, Stolletz 2008, "Approximation of the
+non-stationary M(t)/M(t)/c(t)-queue using stationary queueing models: the stationary
+backlog-carryover approach", EJOR 190(2))."""
+_Q_MAX = 600  # states of the chain kept (beyond: lumped, every request there counted late)
+_U_POINTS = 8  # arrival instants per pick-up interval at which a request is judged
+
+
+@dataclass(frozen=True)
+class LatencyTail:
+    """Within-second latency of one stage shape at one rate.
+
+    Attributes:
+        ccdf: P(latency > x) at x = i·TAIL_GRID_MS ms, i = 0..len-1 (0 beyond the last).
+        mean_ms: the mean latency (ms).
+    """
+
+    ccdf: np.ndarray
+    mean_ms: float
+
+
+_TAIL_CACHE: dict[tuple[int, int, int, int, int, int], LatencyTail] = {}
+
+
+def latency_tail(
+    profile: LatencyProfile, replicas: int, cores: int, batch: int, rps: float, horizon_ms: float
+) -> LatencyTail:
+    """Stationary latency distribution of ``replicas`` replicas batching greedily at ``rps``.
+
+    The chain's state is the number Q >= 1 of requests waiting at a pick-up: the replica takes
+    k = min(Q, b), the next pick-up follows after τ_k = l(k, c)/n, and Q' = Q - k + A with A
+    Poisson(rps·τ_k); when nothing is left the next arrival is picked up at once (Q' = 1). A
+    request arriving at a fraction u of an interval (u uniform: Poisson arrivals see time
+    averages) has j ~ Poisson(rps·u·τ_k) arrivals ahead of it besides the Q - k left over; it
+    waits (1 - u)·τ_k, then ⌊ahead/b⌋ full pick-ups of τ_b, and runs in a batch of its place in
+    the queue plus those expected behind it, at most b.
+
+    Args:
+        profile: the stage's latency profile.
+        replicas, cores, batch: the ready replicas and their shape (n >= 1).
+        rps: arrival rate (requests/s), below the shape's capacity.
+        horizon_ms: latencies up to this are resolved (beyond it P(latency > x) = 0 is kept).
+
+    Returns:
+        The distribution on the grid of ``TAIL_GRID_MS``; cached per shape, rate and horizon.
+    """
+    key = (id(profile), replicas, cores, batch, round(rps * 100), math.ceil(horizon_ms))
+    tail = _TAIL_CACHE.get(key)
+    if tail is None:
+        tail = _TAIL_CACHE[key] = _latency_tail(
+            profile, replicas, cores, batch, key[4] / 100, key[5]
+        )
+    return tail
+
+
+def _poisson_pmf(mean: np.ndarray, count: int) -> np.ndarray:
+    """Poisson probabilities of 0..count-1 for each mean (rows), in log space to avoid overflow."""
+    j = np.arange(count, dtype=np.float64)
+    mean = np.maximum(np.asarray(mean, dtype=np.float64), 1e-300)[..., None]
+    return np.exp(j * np.log(mean) - mean - _LOG_FACTORIAL[:count])
+
+
+_LOG_FACTORIAL = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 4097)))])
+
+
+def _latency_tail(
+    profile: LatencyProfile, n: int, cores: int, b: int, rps: float, horizon_ms: float
+) -> LatencyTail:
+    ks = np.arange(1, b + 1)
+    service_s = np.asarray(profile.latency_ms(ks, cores), dtype=np.float64) / 1000.0
+    tau = service_s / n
+    grid = np.arange(0.0, horizon_ms + TAIL_GRID_MS, TAIL_GRID_MS)
+    if rps <= 0:
+        ccdf = (service_s[0] * 1000.0 > grid).astype(np.float64)
+        return LatencyTail(ccdf, float(service_s[0] * 1000.0))
+    # Requests ahead that still matter: enough full pick-ups to pass the horizon, plus one
+    # interval's worst arrivals; the states beyond are lumped into the last one (all late).
+    per_interval = rps * tau[-1]
+    burst = math.ceil(per_interval + 8.0 * math.sqrt(per_interval) + 8)
+    q_max = min(b * math.ceil(horizon_ms / 1000.0 / tau[-1]) + 2 * b + burst, _Q_MAX)
+    q = np.arange(1, q_max + 1)
+    k = np.minimum(q, b)
+    left = q - k
+    # Arrivals in an interval beyond ``burst`` have a probability under 1e-14: the transition
+    # matrix is banded (Q' >= Q - b, Q' <= Q + burst), and the chain is solved as such.
+    arrivals = _poisson_pmf(rps * tau[k - 1], burst + 1)  # (states, A = 0..burst)
+    arrivals /= arrivals.sum(axis=1, keepdims=True)
+    source = np.arange(q_max)
+    target = np.clip(left[:, None] + np.arange(burst + 1)[None, :], 1, q_max) - 1
+    # pi = pi·P, i.e. (P^T - I)·pi = 0, in LAPACK band storage: entry (i, j) at [b + i - j, j].
+    band = (b + target - source[:, None]) * q_max + source[:, None]
+    system = np.bincount(band.ravel(), arrivals.ravel(), (b + burst + 1) * q_max)
+    system = system.reshape(b + burst + 1, q_max)
+    system[b] -= 1.0
+    # The equations are dependent; replace the first by pi_1 = 1 and normalise afterwards.
+    for j in range(min(b, q_max - 1) + 1):
+        system[b - j, j] = 1.0 if j == 0 else 0.0
+    rhs = np.zeros(q_max)
+    rhs[0] = 1.0
+    pi = np.clip(solve_banded((burst, b), system, rhs), 0.0, None)
+    pi /= pi.sum()
+    # Requests judged at u in each interval, weighted by the arrivals the interval gets.
+    u = (np.arange(_U_POINTS) + 0.5) / _U_POINTS
+    t_k = tau[k - 1]
+    weight = (pi * rps * t_k)[:, None, None] / _U_POINTS
+    j_count = burst
+    ahead_pmf = _poisson_pmf(rps * u[None, :] * t_k[:, None], j_count)  # (states, u, j)
+    ahead = left[:, None, None] + np.arange(j_count)[None, None, :]
+    rounds = ahead // b
+    behind = rps * (1.0 - u)[None, :, None] * t_k[:, None, None]
+    own = np.where(rounds > 0, b, np.minimum(b, ahead % b + 1 + behind))
+    own_ms = np.asarray(profile.latency_ms(own, cores), dtype=np.float64)
+    latency_ms = (
+        (1.0 - u)[None, :, None] * t_k[:, None, None] * 1000.0 + rounds * tau[-1] * 1000.0 + own_ms
+    )
+    w = (weight * ahead_pmf).ravel()
+    lat = latency_ms.ravel()
+    # The arrival that ends an idle spell is picked up at once, in a batch of one.
+    idle = float(np.sum(pi * np.where(left == 0, arrivals[:, 0], 0.0)))
+    total = w.sum() + idle
+    mean_ms = (float(np.dot(w, lat)) + idle * service_s[0] * 1000.0) / total
+    # P(latency > x) on the grid: the weight of every latency in (x_i, x_i+1] goes to bin i
+    # (beyond the grid: to the last bin); summed from the top, so the far tail is exactly 0.
+    points = len(grid)
+    bins = np.minimum(np.ceil(lat / TAIL_GRID_MS).astype(np.int64) - 1, points - 1)
+    mass = np.bincount(np.maximum(bins, 0), w, points)
+    mass[max(math.ceil(service_s[0] * 1000.0 / TAIL_GRID_MS) - 1, 0)] += idle
+    ccdf = np.cumsum(mass[::-1])[::-1] / total
+    # Shares under 1e-12 are rounding noise of the sums above (a request in 10^12), not a tail.
+    ccdf = np.where(ccdf < 1e-12, 0.0, np.minimum(ccdf, 1.0))
+    return LatencyTail(ccdf, mean_ms)

@@ -34,6 +34,17 @@ MAX_GRID_BLOWUP = 10
 MIN_GRID_REFUSED = 100_000
 """Grids up to this many points are always accepted, however sparse the rows."""
 
+MAX_GRID_POINTS = 50_000_000
+"""Largest regular grid built (400 MB of float64): 1.6 years of 1-second points."""
+
+MAX_CSV_BYTES = 512 * 1024 * 1024
+"""Largest trace file read (512 MiB; a year of 1-minute rows is ~20 MB, of 10 s rows ~120 MB)."""
+
+EARLIEST = pd.Timestamp("1970-01-01T00:00:00Z")
+LATEST = pd.Timestamp("2200-01-01T00:00:00Z")
+"""Timestamps outside [EARLIEST, LATEST) are refused: a year 9999 is a typo, and would overflow
+pandas' nanosecond timestamps (they end in 2262)."""
+
 
 def load_rps_csv(path: str | Path, *, step: str | pd.Timedelta | None = None) -> pd.Series:
     """Read a ``timestamp,rps`` CSV into an RPS history.
@@ -100,12 +111,22 @@ def bundled_data_dirs() -> list[Path]:
 
 def _read_frame(file: Path, source: str) -> pd.DataFrame:
     """The raw table: ``timestamp`` as text, ``rps`` as float where the C parser manages."""
-    if not file.exists():
-        raise BadInputError(f"{source}: file not found")
-    if file.is_dir():
-        raise BadInputError(f"{source}: is a directory, not a CSV file")
-    if file.stat().st_size == 0:
+    try:
+        if not file.exists():
+            raise BadInputError(f"{source}: file not found")
+        if file.is_dir():
+            raise BadInputError(f"{source}: is a directory, not a CSV file")
+        if not file.is_file():  # a FIFO or a device would block or never end
+            raise BadInputError(f"{source}: not a regular file")
+        size = file.stat().st_size
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        if isinstance(exc, BadInputError):
+            raise
+        raise BadInputError(f"{source[:200]}: cannot read: {exc}") from None
+    if size == 0:
         raise BadInputError(f"{source}: empty file (no bytes)")
+    if size > MAX_CSV_BYTES:
+        raise BadInputError(f"{source}: {size:,} bytes is more than the {MAX_CSV_BYTES:,} read")
     try:
         frame = pd.read_csv(
             file,
@@ -123,6 +144,8 @@ def _read_frame(file: Path, source: str) -> pd.DataFrame:
         ) from None
     except pd.errors.ParserError as exc:
         raise BadInputError(f"{source}: not a valid CSV file: {exc}") from None
+    except (OSError, ValueError) as exc:  # e.g. a NUL byte the C parser cannot take
+        raise BadInputError(f"{source}: cannot read as CSV: {exc}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in ("timestamp", "rps") if c not in frame.columns]
     if missing:
@@ -146,7 +169,14 @@ def _parse_timestamps(column: pd.Series, source: str) -> pd.DatetimeIndex:
     if bad.size:
         i = int(bad[0])
         raise _timestamp_problem(str(text.iloc[i]), i + 1, source)
-    return pd.DatetimeIndex(stamps, name="timestamp")
+    outside = np.flatnonzero(((stamps < EARLIEST) | (stamps >= LATEST)).to_numpy())
+    if outside.size:
+        i = int(outside[0])
+        raise BadInputError(
+            f"{source}: timestamp at row {i + 1} is outside the years "
+            f"{EARLIEST.year}..{LATEST.year - 1}: {text.iloc[i]!r}"
+        )
+    return pd.DatetimeIndex(stamps, name="timestamp").as_unit("ns")
 
 
 def _timestamp_problem(raw: str, row: int, source: str) -> BadInputError:
@@ -234,6 +264,11 @@ def _on_regular_grid(values: np.ndarray, stamps: pd.DatetimeIndex, source: str) 
         )
     positions = offsets_ns // step.value
     n_points = int(positions[-1]) + 1
+    if n_points > MAX_GRID_POINTS:
+        raise BadInputError(
+            f"{source}: spans {n_points:,} points of {format_step(step)}, more than the "
+            f"{MAX_GRID_POINTS:,} a history may hold"
+        )
     if n_points > max(MAX_GRID_BLOWUP * len(values), MIN_GRID_REFUSED):
         raise BadInputError(
             f"{source}: {len(values)} rows would span {n_points} points of "

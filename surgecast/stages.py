@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,26 +18,145 @@ from surgecast.sources import DEFAULT_TRACE, bundled_trace, load_rps_csv
 
 
 def resolve_trace(trace: str | Path | None) -> Path:
-    """A trace argument as a file: an existing path, else the name of a bundled trace."""
+    """A trace argument as a file: an existing path, else the name of a bundled trace.
+
+    Raises:
+        BadInputError: a name the operating system cannot even look up (NUL byte, too long).
+    """
     if trace is None:
         return bundled_trace(DEFAULT_TRACE)
     path = Path(trace)
-    if path.exists() or path.suffix == "" or len(path.parts) > 1:
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{str(trace)[:80]!r}: not a usable file name ({exc})") from None
+    if exists or path.suffix == "" or len(path.parts) > 1:
         return path
     return bundled_trace(str(trace))
 
 
+EARLIEST_TIME = pd.Timestamp("1970-01-01T00:00:00Z")
+"""Times before the Unix epoch are refused: no RPS history or plan predates it."""
+
+LATEST_TIME = pd.Timestamp("2200-01-01T00:00:00Z")
+"""Times from here on are refused: a typo such as year 9999 would otherwise overflow the
+nanosecond timestamps pandas computes with (they end in 2262)."""
+
+
 def parse_utc(text: str, what: str) -> pd.Timestamp:
-    """An ISO 8601 timestamp with an explicit UTC offset ('Z' or +00:00)."""
+    """An ISO 8601 timestamp with an explicit UTC offset ('Z' or +00:00).
+
+    Args:
+        text: the timestamp text, e.g. ``2024-01-08T07:30:00Z``.
+        what: the input's name for the message, e.g. ``--at``.
+
+    Returns:
+        A tz-aware UTC timestamp in [``EARLIEST_TIME``, ``LATEST_TIME``).
+
+    Raises:
+        BadInputError: unparseable, NaT (``nan``, empty), naive, not UTC, or out of range.
+    """
     try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
+        if not any(ch.isdigit() for ch in str(text)):
+            # pandas reads 'now' and 'today' as the wall clock: not a reproducible input
+            raise ValueError(text)
+        ts = pd.Timestamp(str(text).strip())
+    except (ValueError, TypeError, OverflowError):
         raise BadInputError(f"{what}: cannot parse {text!r} as an ISO 8601 timestamp") from None
+    if pd.isna(ts):
+        raise BadInputError(f"{what}: {text!r} is not a timestamp")
     if ts.tzinfo is None:
         raise BadInputError(f"{what}: {text!r} has no time zone; give it in UTC, e.g. {text}Z")
     if ts.utcoffset() != pd.Timedelta(0):
         raise BadInputError(f"{what}: {text!r} is not UTC (offset {ts.utcoffset()})")
-    return ts.tz_convert("UTC")
+    ts = ts.tz_convert("UTC")
+    if not EARLIEST_TIME <= ts < LATEST_TIME:
+        raise BadInputError(
+            f"{what}: {text!r} is outside {EARLIEST_TIME.year}..{LATEST_TIME.year - 1}"
+        )
+    return ts
+
+
+# --------------------------------------------------------------------------------------------
+# output paths: checked before any work starts, written atomically
+
+
+def check_output_file(
+    path: str | Path, what: str, *, suffixes: tuple[str, ...] | None = None
+) -> Path:
+    """Refuse an output file that cannot be written, before the work that would fill it.
+
+    Args:
+        path: where the output goes.
+        what: the input's name for the message, e.g. ``--json``.
+        suffixes: the accepted file name endings (lower case), e.g. ``(".png",)``; None: any.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        BadInputError: empty name, an existing directory or non-regular file (a FIFO would
+            block), a parent folder that does not exist or is not writable, or a wrong suffix.
+    """
+    file = Path(path)
+    if str(path).strip() in {"", "."} or file.name in {"", ".", ".."}:
+        raise BadInputError(f"{what}: {str(path)!r} is not a file name")
+    if suffixes is not None and file.suffix.lower() not in suffixes:
+        raise BadInputError(f"{what}: {file}: the file name must end in {' or '.join(suffixes)}")
+    if file.is_dir():
+        raise BadInputError(f"{what}: {file} is a directory; name a file")
+    if file.exists() and not file.is_file():
+        raise BadInputError(f"{what}: {file} exists and is not a regular file")
+    if file.exists() and not os.access(file, os.W_OK):
+        raise BadInputError(f"{what}: {file} is not writable")
+    parent = file.parent
+    if not parent.is_dir():
+        state = "is not a directory" if parent.exists() else "does not exist"
+        raise BadInputError(f"{what}: {file}: the folder {parent} {state}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"{what}: {file}: the folder {parent} is not writable")
+    return file
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """Refuse an output folder that cannot be created or written, before the work starts.
+
+    The folder itself may be missing (it is created when the results are written), but its
+    nearest existing ancestor must be a writable directory and no part of the path may be a
+    file.
+
+    Raises:
+        BadInputError: empty name, an existing non-directory, or no writable ancestor.
+    """
+    folder = Path(path)
+    if str(path).strip() == "":
+        raise BadInputError(f"{what}: an empty folder name")
+    if folder.exists() and not folder.is_dir():
+        raise BadInputError(f"{what}: {folder} exists and is not a directory")
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BadInputError(f"{what}: {folder}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInputError(f"{what}: {folder}: {probe} is not writable")
+    return folder
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so
+    a reader (or a crash) never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 @dataclass(frozen=True)
@@ -193,12 +314,15 @@ def forecast_report(
     from forecasting.models import MODELS, steps_per_day
     from surgecast.report import write_forecast_report
 
-    names = list(models or MODELS)
+    names = list(MODELS) if models is None else list(models)
+    if not names:
+        raise BadInputError("--models: no model named")
+    if horizon < 1 or every < 1 or not (test_days > 0 and refit_days > 0):
+        raise BadInputError("--horizon, --every, --test-days and --refit-days must be positive")
+    out = check_output_dir(out, "--out")
     path = resolve_trace(trace)
     rps = load_rps_csv(path, step=step)
     step_td = rps.index[1] - rps.index[0]
-    if horizon < 1 or every < 1 or test_days <= 0:
-        raise BadInputError("--horizon, --every and --test-days must be positive")
     test_end = rps.index[-1] - step_td * horizon
     test_start = test_end - pd.Timedelta(days=test_days) + step_td
     if test_start <= rps.index[0] + pd.Timedelta(days=3):
@@ -292,6 +416,10 @@ def forecast_at(
 # --------------------------------------------------------------------------------------------
 # backtesting
 
+MAX_SIMULATED_RPS = 1e6
+"""Largest peak load (trace peak x ``rps_scale``) a backtest simulates: a million requests per
+second to one service; beyond it the replica counts, and the run time, grow without bound."""
+
 DEFAULT_BACKTEST_DAYS = 1.0
 """Simulated days of the default backtest (no trace named): the day after the training days."""
 
@@ -327,6 +455,7 @@ def backtest_trace(
     from surgecast.planning import load_profile
 
     settings = settings or BacktestSettings()
+    out = check_output_dir(out, "--out")
     path = resolve_trace(trace)
     rps = load_rps_csv(path)
     try:
@@ -334,8 +463,23 @@ def backtest_trace(
     except PlannerInputError as exc:
         raise BadInputError(str(exc)) from None
     first = rps.index[0]
-    start_ts = parse_utc(start, "--start") if start else None
-    end_ts = parse_utc(end, "--end") if end else None
+    start_ts = parse_utc(start, "--start") if start is not None else None
+    end_ts = parse_utc(end, "--end") if end is not None else None
+    if start_ts is not None and end_ts is not None and end_ts <= start_ts:
+        raise BadInputError(f"--end: {end} is not after --start {start}")
+    for flag, ts in (("--start", start_ts), ("--end", end_ts)):
+        if ts is not None and not first <= ts <= rps.index[-1]:
+            raise BadInputError(
+                f"{flag}: {ts.isoformat()} is outside {path} "
+                f"({first.isoformat()} .. {rps.index[-1].isoformat()})"
+            )
+    peak = float(np.nanmax(rps.to_numpy())) if rps.notna().any() else 0.0
+    if peak * settings.rps_scale > MAX_SIMULATED_RPS:
+        raise BadInputError(
+            f"--rps-scale: {settings.rps_scale:g} x the trace's peak of {peak:.1f} rps is "
+            f"{peak * settings.rps_scale:.3g} rps, above the {MAX_SIMULATED_RPS:.0e} rps the "
+            "simulator is bounded to"
+        )
     if trace is None and start_ts is None and end_ts is None:
         start_ts = first + pd.Timedelta(days=settings.train_days)
         end_ts = start_ts + pd.Timedelta(days=DEFAULT_BACKTEST_DAYS)

@@ -1,50 +1,110 @@
 """A request-level discrete-event simulation of one stage, to validate the fluid simulator.
 
-Every request gets an exact arrival time (spread uniformly at random within its second, seeded).
-Replicas pull from one FIFO queue with dynamic batching: a free replica takes every waiting
-request up to its batch size (at least one, waiting for the next arrival when the queue is
-empty) and serves the batch of k requests in ``l(k, c)`` ms. A request's latency is its batch's
-completion time minus its arrival time. Nothing here is shared with the fluid simulator except
-the latency profile.
+Every request gets an exact arrival time: the per-second counts are Poisson draws at the trace's
+rate, and within its second each request arrives uniformly at random (seeded), which together
+make independent (Poisson) arrivals. Replicas pull from one FIFO queue with dynamic batching: a
+free replica takes every waiting request up to its batch size (at least one, waiting for the
+next arrival when the queue is empty) and serves the batch of k requests in ``l(k, c)`` ms. A
+request's latency is its batch's completion time minus its arrival time.
+
+Replicas may change over time, as the cluster does: a replica serves nothing before it is
+ready (a cold start), and an in-place resize changes its cores and batch size from a given
+second on; a batch already running finishes at the shape it started with (a batch is the unit
+of work an inference server hands to the model). Nothing here is shared with the fluid
+simulator except the latency profile; the replica timelines are written by hand in the tests
+from the Kubernetes behaviour being simulated.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from planner.profiles import LatencyProfile
 
 
-def request_latencies_ms(
-    counts: np.ndarray,
-    profile: LatencyProfile,
-    *,
-    replicas: int,
-    cores: int,
-    batch: int,
-    seed: int = 0,
-) -> np.ndarray:
-    """Latency (ms) of every request, in arrival order, for a fixed cluster shape."""
-    rng = np.random.default_rng(seed)
+@dataclass(frozen=True)
+class ReplicaTimeline:
+    """One replica's life: when it serves and at which shape.
+
+    Attributes:
+        cores: CPU cores at the start.
+        batch: batch size at the start.
+        ready_s: second from which it serves (0: warm from the start).
+        resizes: (second, cores, batch) in time order: the shape from that second on.
+    """
+
+    cores: int
+    batch: int
+    ready_s: float = 0.0
+    resizes: tuple[tuple[float, int, int], ...] = field(default=())
+
+    def shape_at(self, t_s: float) -> tuple[int, int]:
+        """(cores, batch) of a batch that starts at ``t_s`` seconds."""
+        cores, batch = self.cores, self.batch
+        for at, new_cores, new_batch in self.resizes:
+            if at > t_s:
+                break
+            cores, batch = new_cores, new_batch
+        return cores, batch
+
+
+def arrival_times_s(counts: np.ndarray, seed: int, *, even: bool = False) -> np.ndarray:
+    """Sorted arrival times (s): ``counts[i]`` requests uniform at random in second i.
+
+    With ``even`` the requests of a second are evenly spaced instead (the j-th of k at
+    i + (j + 1/2)/k), as the fluid simulator assumes; only for diagnosing that assumption.
+    """
     counts = np.asarray(counts, dtype=np.int64)
     seconds = np.repeat(np.arange(len(counts), dtype=np.float64), counts)
-    arrivals = np.sort(seconds + rng.random(seconds.size))
-    service_s = [0.0] + [float(profile.latency_ms(k, cores)) / 1000.0 for k in range(1, batch + 1)]
+    if even:
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        rank = np.arange(seconds.size) - starts
+        return seconds + (rank + 0.5) / np.repeat(counts, counts)
+    rng = np.random.default_rng(seed)
+    return np.sort(seconds + rng.random(seconds.size))
+
+
+def timeline_latencies_ms(
+    counts: np.ndarray,
+    profile: LatencyProfile,
+    replicas: Sequence[ReplicaTimeline],
+    *,
+    seed: int = 0,
+    even: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Arrival time (s) and latency (ms) of every request, in arrival order.
+
+    ``even`` spaces each second's arrivals evenly (see ``arrival_times_s``). Requests still
+    waiting at the end of the span are served all the same (the queue is drained after it),
+    so every latency is finite.
+    """
+    if not replicas:
+        raise ValueError("at least one replica is needed")
+    arrivals = arrival_times_s(counts, seed, even=even)
+    service_s: dict[tuple[int, int], float] = {}
     done = np.empty(arrivals.size)
-    free = [0.0] * replicas  # heap of the times replicas become free
+    # Heap of (time the replica is next free, replica index): the first free replica serves.
+    free = [(float(r.ready_s), i) for i, r in enumerate(replicas)]
     heapq.heapify(free)
     head = 0
     n = arrivals.size
     while head < n:
-        at = heapq.heappop(free)
+        at, i = heapq.heappop(free)
         start = max(at, arrivals[head])
+        cores, batch = replicas[i].shape_at(start)
         # Everyone who has arrived by the start joins the batch, up to its size.
         last = min(head + batch, int(np.searchsorted(arrivals, start, side="right")))
         last = max(last, head + 1)
-        finish = start + service_s[last - head]
+        k = last - head
+        key = (k, cores)
+        if key not in service_s:
+            service_s[key] = float(profile.latency_ms(k, cores)) / 1000.0
+        finish = start + service_s[key]
         done[head:last] = finish
         head = last
-        heapq.heappush(free, finish)
-    return (done - arrivals) * 1000.0
+        heapq.heappush(free, (finish, i))
+    return arrivals, (done - arrivals) * 1000.0

@@ -2,11 +2,14 @@
 and an HTTP server that answers every request with an error.
 
 Prometheus and the Pushgateway are the Debian packages' binaries, started on 127.0.0.1 and a
-free port with temporary storage, and stopped by the tests. A trace is backfilled as a counter
-``http_requests_total{service=...}`` sampled every 30 s, so that ``rate(...[1m])`` evaluated
-at a whole minute T is the trace's rps of the minute that ends at T (the minute that starts at
-T - 1 min in the CSV). Minutes without data get no samples, so they come back as gaps (the
-first minute after a gap is still exact: rate() extrapolates its two samples to the window).
+free port with temporary storage (moved to another port if that one was taken before the binary
+bound it), and stopped by the tests; one that exits or never becomes ready fails with its log.
+
+A trace is backfilled as a counter ``http_requests_total{service=...}`` sampled every 30 s, so
+that ``rate(...[1m])`` evaluated at a whole minute T is the trace's rps of the minute that ends
+at T (the minute that starts at T - 1 min in the CSV). Minutes without data get no samples, so
+they come back as gaps (the first minute after a gap is still exact: rate() extrapolates its two
+samples to the window).
 
 ``promtool tsdb create-blocks-from openmetrics`` writes the blocks straight into the storage
 folder before Prometheus starts. Blocks must lie before the server's head, so traces are shifted
@@ -24,7 +27,8 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,15 +101,24 @@ def backfill(openmetrics: Path, storage: Path) -> None:
     )
 
 
+class AddressInUse(RuntimeError):
+    """The server could not bind its port (another process took it since it was chosen)."""
+
+
 class _Process:
-    """A binary on a free loopback port, ready when ``ready_path`` answers 200."""
+    """A binary on a loopback port, ready when ``ready_path`` answers 200.
+
+    ``port`` None picks a free one. A port is chosen before the binary binds it, so another
+    process may take it in between: :meth:`start` then retries on a fresh port. A server that
+    exits or never becomes ready raises with the tail of its log.
+    """
 
     name = ""
     ready_path = "/-/ready"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.log = workdir / f"{self.name}.log"
 
@@ -116,14 +129,42 @@ class _Process:
     def args(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self, timeout_s: float = 60.0):
+    def start(self, timeout_s: float = 60.0, *, bind_attempts: int = 5):
+        """Start and wait until ready (at most ``timeout_s`` s per attempt); on "address already
+        in use" try again on another free port, ``bind_attempts`` times in all.
+
+        Raises:
+            RuntimeError: the server exited, never became ready, or found no free port; the
+                message carries the tail of its log.
+        """
+        for _ in range(bind_attempts):
+            try:
+                return self._start_once(timeout_s)
+            except AddressInUse:
+                self.port = free_port()
+        raise RuntimeError(
+            f"{self.name} could not bind a port in {bind_attempts} attempts; log tail:\n"
+            f"{self.log_tail()}"
+        )
+
+    def log_tail(self, chars: int = 2000, since: int = 0) -> str:
+        if not self.log.exists():
+            return "(no log)"
+        return self.log.read_bytes()[since:].decode(errors="replace")[-chars:]
+
+    def _start_once(self, timeout_s: float):
         self.workdir.mkdir(parents=True, exist_ok=True)
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+                code, tail = self.proc.returncode, self.log_tail(since=offset)
+                self.proc = None
+                if "address already in use" in tail.lower():
+                    raise AddressInUse(f"{self.name}: port {self.port} is taken")
+                raise RuntimeError(f"{self.name} exited with code {code}; log tail:\n{tail}")
             try:
                 with urllib.request.urlopen(self.url + self.ready_path, timeout=1) as r:
                     if r.status == 200:
@@ -131,7 +172,10 @@ class _Process:
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.name} not ready after {timeout_s} s")
+        raise RuntimeError(
+            f"{self.name} not ready at {self.url}{self.ready_path} after {timeout_s} s; "
+            f"log tail:\n{self.log_tail(since=offset)}"
+        )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -144,13 +188,28 @@ class _Process:
         self.proc = None
 
 
+@contextmanager
+def running(server: _Process, timeout_s: float = 60.0) -> Iterator[_Process]:
+    """``server`` started (ready, or a RuntimeError with its log tail) for the ``with`` block,
+    stopped after it. For function-scoped fixtures::
+
+        with promtest.running(promtest.Pushgateway(tmp_path / "pushgateway")) as gateway:
+            yield gateway.url
+    """
+    server.start(timeout_s)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class Prometheus(_Process):
     """``prometheus`` with no scrape targets, serving the blocks in ``storage``."""
 
     name = "prometheus"
 
-    def __init__(self, workdir: Path, storage: Path) -> None:
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, storage: Path, port: int | None = None) -> None:
+        super().__init__(workdir, port)
         self.storage = storage
         self.config = workdir / "prometheus.yml"
 

@@ -74,16 +74,30 @@ def test_config_from_dict_flat_and_nested():
             "namespace": "inference",
             "deployment": "r",
             "container": "server",
-            "bounds": {"max_replicas": 9},
+            "bounds": {"min_replicas": 1, "max_replicas": 9, "min_cores": 1, "max_cores": 4},
         }
     )
     assert flat.workloads[0].bounds.max_replicas == 9 and flat.mode == "shadow"
+    assert (flat.max_replica_step, flat.max_core_step) == (4, 4)  # limited unless told otherwise
+    # No built-in default decides how far a cluster may grow: bounds are explicit.
+    for bounds in (None, {"max_replicas": 9}):
+        table = {"service": "r", "namespace": "inference", "deployment": "r", "container": "c"}
+        if bounds is not None:
+            table["bounds"] = bounds
+        with pytest.raises(ActuatorInputError, match=r"workloads\[0\]\.bounds: (required|missing)"):
+            ServiceConfig.from_dict(table)
+    with pytest.raises(ActuatorInputError, match="max_replica_step: must be an integer >= 1"):
+        ServiceConfig.from_dict({**table, "bounds": {"min_replicas": 1, "max_replicas": 9,
+                                "min_cores": 1, "max_cores": 4}, "max_replica_step": None})
     with pytest.raises(ActuatorInputError, match=r"workloads\[0\]\.bounds: unknown key"):
+        full = {"min_replicas": 1, "max_replicas": 9, "min_cores": 1, "max_cores": 4}
         ServiceConfig.from_dict(
             {
                 "service": "r",
                 "namespace": "inference",
-                "workloads": [{"deployment": "r", "container": "c", "bounds": {"max_replica": 3}}],
+                "workloads": [
+                    {"deployment": "r", "container": "c", "bounds": {**full, "max_replica": 3}}
+                ],
             }
         )
     with pytest.raises(ActuatorInputError, match="bounds: need 1 <= min_replicas"):
@@ -93,11 +107,13 @@ def test_config_from_dict_flat_and_nested():
                 "namespace": "inference",
                 "deployment": "r",
                 "container": "c",
-                "bounds": {"min_replicas": 0},
+                "bounds": {"min_replicas": 0, "max_replicas": 2, "min_cores": 1, "max_cores": 2},
             }
         )
     with pytest.raises(ActuatorInputError, match="missing key"):
-        ServiceConfig.from_dict({"service": "r", "deployment": "r", "container": "c"})
+        ServiceConfig.from_dict(
+            {"service": "r", "deployment": "r", "container": "c", "bounds": full}
+        )
 
 
 def test_only_steps_due_before_the_next_run_are_applied():
@@ -105,6 +121,9 @@ def test_only_steps_due_before_the_next_run_are_applied():
     assert [s.replicas for s in due_steps(p, _s(0), 300)] == [(2,), (6,)]
     assert [s.replicas for s in due_steps(p, _s(101), 300)] == [(2,), (6,), (8,)]
     assert due_steps(p, _s(0), 200)[-1].replicas == (2,)
+    # With the fallback lead, a step is applied early enough for the slow path.
+    assert [s.replicas for s in due_steps(p, _s(0), 200, lead_s=90)] == [(2,), (6,)]
+    assert [s.replicas for s in due_steps(p, _s(0), 200, lead_s=250)] == [(2,), (6,), (8,)]
 
 
 def test_scale_up_early_scale_down_only_once_effective():
@@ -136,12 +155,15 @@ def test_refusals_expired_unknown_service_and_unmapped_stage():
 
 
 def test_guard_chain_order_floor_stabilisation_step_bounds():
-    cfg = config(max_replica_step=3, stabilisation_s=300, bounds=Bounds(1, 10, 1, 4, 16))
+    cfg = config(
+        max_replica_step=3, max_step_ratio=0.0, stabilisation_s=300, bounds=Bounds(1, 10, 1, 4, 16)
+    )
     wl = cfg.workloads[0]
     current = StageConfig(4, 2, 4)
     up = stage_target(cfg, wl, 0, (step(0, 0, 40, 16),), current, now=_s(0), last_scale_up_s=None)
     assert up.target == StageConfig(7, 4, 4)
     assert [n.split(":")[0] for n in up.notes] == ["step limit", "bounds"]
+    quiet = Floor(5.0, lambda c: c.replicas * c.cores * 10.0, StageConfig(1, 1, 4), 5.0)
     down = stage_target(
         cfg,
         wl,
@@ -150,6 +172,7 @@ def test_guard_chain_order_floor_stabilisation_step_bounds():
         current,
         now=_s(100),
         last_scale_up_s=_s(0).timestamp(),
+        floor=quiet,
     )
     assert down.target == current and down.notes[0].startswith("stabilisation")
     floor = Floor(100.0, lambda c: c.replicas * c.cores * 10.0, StageConfig(5, 2, 4))
@@ -175,7 +198,7 @@ def test_guard_chain_order_floor_stabilisation_step_bounds():
     st.integers(0, 600),
 )
 def test_targets_always_within_bounds_and_step(cur_n, cur_c, want_n, want_c, max_step, since):
-    cfg = config(max_replica_step=max_step, bounds=Bounds(2, 12, 1, 8, 16))
+    cfg = config(max_replica_step=max_step, max_step_ratio=0.0, bounds=Bounds(2, 12, 1, 8, 16))
     current = StageConfig(cur_n, cur_c, 4)
     got = stage_target(
         cfg,
@@ -191,13 +214,66 @@ def test_targets_always_within_bounds_and_step(cur_n, cur_c, want_n, want_c, max
         assert abs(got.replicas - cur_n) <= max_step
 
 
-def test_fallback_adds_replicas_for_missing_cores_within_bounds():
-    wl = WorkloadConfig("r", "c", bounds=Bounds(1, 6, 1, 8, 8))
-    assert fallback_replicas(StageConfig(3, 4, 1), 0, wl) == (3, None)
-    assert fallback_replicas(StageConfig(3, 4, 1), 4000, wl) == (4, None)
-    assert fallback_replicas(StageConfig(3, 4, 1), 4001, wl) == (5, None)
-    n, note = fallback_replicas(StageConfig(3, 4, 1), 40_000, wl)
-    assert n == 6 and note.startswith("bounds")
+def test_scale_in_needs_the_load_observed_over_the_window():
+    """A forecast may lower capacity only when the observed load of the stabilisation window
+    agrees; a scale-in step is due from its apply_at (its effective_at lies a resize later)."""
+    cfg = config(bounds=Bounds(1, 20, 1, 8, 16))
+    wl = cfg.workloads[0]
+    cap = lambda c: c.replicas * c.cores * 10.0  # noqa: E731
+    current = StageConfig(6, 2, 4)  # 120 rps
+    scale_in = PlanStep(
+        _s(30), _s(28), (2,), (2,), (4,), "forecast low", 50.0, 40.0, "scale-in"
+    )
+
+    def target(peak):
+        floor = Floor(30.0, cap, StageConfig(2, 2, 4), peak)
+        return stage_target(
+            cfg, wl, 0, (scale_in,), current, now=_s(28), last_scale_up_s=None, floor=floor
+        )
+
+    assert target(35.0).target == StageConfig(2, 2, 4)  # confirmed: happens at apply_at
+    held = target(100.0)  # a surge 4 minutes ago: 2 x 2 cores would not have carried it
+    assert held.target == current and held.notes[0].startswith("scale-in confirmation")
+    unknown = target(None)
+    assert unknown.target == current and "no observed load" in unknown.notes[0]
+
+
+def test_default_step_limit_is_the_hpa_scale_up_policy_per_run():
+    """4 pods or 100 %, whichever is more (the HPA's default scale-up policy), per run."""
+    cfg = config(bounds=Bounds(1, 1000, 1, 64, 16))
+    wl = cfg.workloads[0]
+    surge = (step(0, 0, 40, 16),)
+    small = stage_target(cfg, wl, 0, surge, StageConfig(4, 2, 4), now=_s(0), last_scale_up_s=None)
+    assert small.target == StageConfig(8, 6, 4)  # not 40 x 16 from one absurd forecast
+    big = stage_target(cfg, wl, 0, surge, StageConfig(30, 10, 4), now=_s(0), last_scale_up_s=None)
+    assert big.target == StageConfig(40, 16, 4)  # doubling allowed from a large base
+
+
+def test_fallback_adds_replicas_sized_by_the_template_within_step_and_bounds():
+    cfg = config(max_replica_step=4, max_step_ratio=0.0, bounds=Bounds(1, 6, 1, 8, 8))
+    wl = cfg.workloads[0]
+
+    def fb(base, missing, template_m=1000, current=3):
+        return fallback_replicas(
+            base,
+            missing,
+            new_pod_millicores=template_m,
+            current_replicas=current,
+            config=cfg,
+            workload=wl,
+        )
+
+    assert fb(3, 0) == (3, None)
+    # New pods start at the template's 1 core, not the planned 4: 4 missing cores = 4 pods.
+    assert fb(2, 4000, current=2) == (6, None)
+    assert fb(2, 4000, template_m=4000, current=2) == (3, None)
+    n, note = fb(3, 40_000)
+    assert n == 6 and "max_replicas 6" in note
+    cfg2 = config(max_replica_step=2, max_step_ratio=0.0, bounds=Bounds(1, 60, 1, 8, 8))
+    n, note = fallback_replicas(
+        2, 16_000, new_pod_millicores=1000, current_replicas=2, config=cfg2, workload=wl
+    )
+    assert n == 4 and "step limit" in note
 
 
 def test_quantities_and_patches():

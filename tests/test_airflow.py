@@ -16,6 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import promtest
 import pytest
 from kubeapi.harness import FakeHarness
@@ -68,7 +69,11 @@ DRIVER = textwrap.dedent(
 
         bag = DagBag(dag_folder=args["dags"])
         dag = bag.get_dag("surgecast_scale")
-        when = pd.Timestamp(args["now"]).to_pydatetime()
+        # The run's time is the wall clock's minute: an active service acts only when its now is
+        # close to the wall clock (the actuator checks it against time.time()).
+        when = pd.Timestamp.now(tz="UTC").round("1min")
+        out["now"] = when.isoformat()
+        when = when.to_pydatetime()
         started = time.perf_counter()
         run = dag.test(logical_date=when, variable_file_path=args["variables"])
         out["test_s"] = time.perf_counter() - started
@@ -129,12 +134,32 @@ def test_dag_folder_imports_without_errors_and_each_file_parses_fast(airflow_env
     )
 
 
-@pytest.fixture(scope="session")
-def fleet(tmp_path_factory, twitter_1min):
-    return promtest.fleet(tmp_path_factory.getbasetemp() / "prometheus", twitter_1min)
+@pytest.fixture
+def recent(tmp_path, twitter_1min):
+    """A Prometheus whose two traces end a minute before the wall clock (the session's fleet
+    ends hours ago, too far from the clock for an active run to act)."""
+    end = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=1)).floor("1min")
+    n = int(3.2 * 1440)
+    traces, first = {}, 0
+    for name in ("svc-30", "svc-31"):
+        while twitter_1min.iloc[first + n - 10 : first + n].isna().any():
+            first += 30
+        traces[name] = promtest.shift(twitter_1min.iloc[first : first + n], end)
+        first += 600
+    root = tmp_path / "prometheus"
+    root.mkdir()
+    promtest.backfill(promtest.write_openmetrics(root / "recent.om", traces), root / "tsdb")
+    server = promtest.Prometheus(root, root / "tsdb").start()
+    yield server
+    server.stop()
 
 
-def test_scale_dag_runs_end_to_end(airflow_env, fleet, tmp_path):
+def _kubeconfig(tmp_path: Path, kube: FakeHarness) -> Path:
+    """A kubeconfig for the fake API with the actuator's ServiceAccount token."""
+    return kube.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+def test_scale_dag_runs_end_to_end(airflow_env, recent, tmp_path):
     kube = FakeHarness(start_delay_s=0.0, resize_delay_s=0.0)
     try:
         kube.add_deployment("svc-30", replicas=1, cores=1)
@@ -143,23 +168,24 @@ def test_scale_dag_runs_end_to_end(airflow_env, fleet, tmp_path):
         config = promtest.write_config(
             tmp_path / "services.yaml",
             services=[
-                {"name": n, "query": fleet.query(n), "deployment": n, "mode": m}
+                {"name": n, "query": promtest.Fleet.query(n), "deployment": n, "mode": m}
                 for n, m in (("svc-30", "active"), ("svc-31", "shadow"))
             ],
             defaults={
                 "namespace": "inference", "profile": "resnet18", "slo_ms": 750,
-                "resize_timeout_s": 0, "bounds": {"max_replicas": 30, "max_cores": 8},
-                "data": {"max_gap_steps": 40},
+                "resize_timeout_s": 0,
+                "bounds": {"min_replicas": 1, "max_replicas": 30, "min_cores": 1, "max_cores": 8},
+                # the run starts up to a few minutes after the data's last minute
+                "data": {"max_gap_steps": 40, "max_staleness_s": 900},
                 "forecast": {"model": "seasonal_naive", "history_days": 2.5, "fit_days": 3.1},
             },
-            prometheus={"url": fleet.prometheus.url, "attempts": 2, "backoff_s": 0.1},
+            prometheus={"url": recent.url, "attempts": 2, "backoff_s": 0.1},
             artifacts={"root": str(tmp_path / "store")},
-            kubernetes={"host": kube.server.url},
+            kubernetes={"kubeconfig": str(_kubeconfig(tmp_path, kube))},
         )
         variables = tmp_path / "variables.json"
         variables.write_text(json.dumps({"surgecast_config": str(config)}))
-        result = _drive(airflow_env, test=True, now=fleet.now.isoformat(),
-                        variables=str(variables))
+        result = _drive(airflow_env, test=True, variables=str(variables))
     finally:
         kube.close()
     print(f"\ndag.test() of surgecast_scale with 2 services: {result['test_s']:.1f} s")
@@ -167,12 +193,13 @@ def test_scale_dag_runs_end_to_end(airflow_env, fleet, tmp_path):
     states = {(t, i): s for t, i, s in result["tis"]}
     for task in ("cycle.ingest", "cycle.forecast", "cycle.plan", "cycle.actuate"):
         assert states[(task, 0)].endswith("success") and states[(task, 1)].endswith("success")
+    now = pd.Timestamp(result["now"])
     store = ArtifactStore(str(tmp_path / "store"))
     active, shadow = (
-        ArtifactStore.read_json(store.latest("decisions", name, at_or_before=fleet.now).uri)
+        ArtifactStore.read_json(store.latest("decisions", name, at_or_before=now).uri)
         for name in ("svc-30", "svc-31")
     )
-    assert active["run_at"] == fleet.now.strftime("%Y-%m-%dT%H:%M:%SZ")  # data interval end
+    assert active["run_at"] == now.strftime("%Y-%m-%dT%H:%M:%SZ")  # data interval end
     assert active["ok"] and active["outcome"] == "applied", active["summary"]
     target = active["actuator"]["workloads"][0]["target"]
     after = kube.state("svc-30")

@@ -172,8 +172,12 @@ def test_resize_deferred_while_the_node_is_full_and_when_injected(kube):
 def test_resize_may_not_change_the_qos_class(kube):
     pod = _pod_names(kube)[0]
     with pytest.raises(ApiException) as err:
-        _resize(kube, pod, "3", limits=False)  # requests 3 != limits 2: Guaranteed -> Burstable
+        _resize(kube, pod, "1", limits=False)  # requests 1 < limits 2: Guaranteed -> Burstable
     assert err.value.status == 422 and "QOS" in json.loads(err.value.body)["message"]
+    with pytest.raises(ApiException) as err:
+        _resize(kube, pod, "3", limits=False)  # requests above limits: invalid in any class
+    assert err.value.status == 422
+    assert "must be less than or equal to cpu limit" in json.loads(err.value.body)["message"]
 
 
 def test_dry_run_validates_and_persists_nothing(kube):
@@ -189,11 +193,14 @@ def test_dry_run_validates_and_persists_nothing(kube):
 
 def test_hpa_enforces_its_min_replicas(kube):
     kube.cluster.add_hpa(NS, "resnet18", "resnet18", min_replicas=3, max_replicas=10)
+    kube.advance(15)  # the HPA acts at its sync period, not at once
     assert kube.state("resnet18")["replicas"] == 3
     auto = k8s.AutoscalingV2Api(kube.api.api_client)
     auto.patch_namespaced_horizontal_pod_autoscaler(
         "resnet18", NS, {"spec": {"minReplicas": 5}}, _content_type="application/merge-patch+json"
     )
+    assert kube.state("resnet18")["replicas"] == 3
+    kube.advance(15)
     assert kube.state("resnet18")["replicas"] == 5
     with pytest.raises(ApiException) as err:
         auto.patch_namespaced_horizontal_pod_autoscaler(
@@ -227,15 +234,19 @@ def test_injected_errors_conflicts_and_timeouts(kube):
         apps.patch_namespaced_deployment_scale("resnet18", NS, {"spec": {"replicas": 3}})
     assert err.value.status == 503 and kube.state("resnet18")["replicas"] == 2
     kube.faults.conflict_next_writes(1)
+    rv = apps.read_namespaced_deployment_scale("resnet18", NS).metadata.resource_version
+    conditional = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": 3}}
     with pytest.raises(ApiException) as err:
-        apps.patch_namespaced_deployment_scale("resnet18", NS, {"spec": {"replicas": 3}})
-    assert err.value.status == 409
+        apps.patch_namespaced_deployment_scale("resnet18", NS, conditional)
+    assert err.value.status == 409 and kube.state("resnet18")["replicas"] == 2
+    start = kube.now()
     kube.faults.delay(r"/scale$", 0.6, method="PATCH")
     with pytest.raises(urllib3.exceptions.HTTPError):
         apps.patch_namespaced_deployment_scale(
             "resnet18", NS, {"spec": {"replicas": 3}}, _request_timeout=0.2
         )
     assert kube.state("resnet18")["replicas"] == 3  # handled; only the answer was lost
+    assert (kube.now() - start).total_seconds() == pytest.approx(0.6)  # on the test clock
     apps.patch_namespaced_deployment_scale("resnet18", NS, {"spec": {"replicas": 4}})
     assert kube.state("resnet18")["replicas"] == 4
 
@@ -259,5 +270,9 @@ def test_patch_semantics():
 
 def test_hpa_overrides_a_write_to_the_scale_subresource(kube):
     kube.cluster.add_hpa(NS, "resnet18", "resnet18", min_replicas=3, max_replicas=10)
+    kube.advance(15)
     _apps(kube).patch_namespaced_deployment_scale("resnet18", NS, {"spec": {"replicas": 6}})
+    assert kube.state("resnet18")["replicas"] == 6  # until the HPA's next sync
+    for _ in range(25):  # the HPA takes it back (after its scale-down stabilisation)
+        kube.advance(15)
     assert kube.state("resnet18")["replicas"] == 3  # the fight the actuator avoids

@@ -5,6 +5,8 @@ answering errors or stopped) changes nothing and leaves a record and a metric th
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import promtest
 import pytest
@@ -53,10 +55,18 @@ DEFAULTS = {
     "slo_ms": 750,
     "cold_start_s": 60,
     "resize_timeout_s": 0,
-    "bounds": {"max_replicas": 30, "max_cores": 8},
+    "bounds": {"min_replicas": 1, "max_replicas": 30, "min_cores": 1, "max_cores": 8},
     "data": {"max_gap_steps": 40},  # the Twitter trace has a ~30-minute gap every night
     "forecast": {"model": "seasonal_naive", "history_days": 2.5, "fit_days": 3.1},
 }
+
+
+def _kubernetes(tmp_path, kube) -> dict:
+    """A kubeconfig for the fake API with the actuator's ServiceAccount token (what the command
+    line reads); a closed port without a harness."""
+    if kube is None:
+        return {"host": "http://127.0.0.1:9"}
+    return {"kubeconfig": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}
 
 
 def _settings(tmp_path, services, *, url, kube=None, gateway=None, **defaults):
@@ -67,7 +77,7 @@ def _settings(tmp_path, services, *, url, kube=None, gateway=None, **defaults):
         defaults=merged,
         prometheus={"url": url, "attempts": 2, "backoff_s": 0.01, "timeout_s": 5},
         artifacts={"root": str(tmp_path / "store")},
-        kubernetes={"host": kube.server.url if kube else "http://127.0.0.1:9"},
+        kubernetes=_kubernetes(tmp_path, kube),
         pushgateway_url=gateway.url if gateway else None,
     )
     return load_settings(path)
@@ -75,6 +85,12 @@ def _settings(tmp_path, services, *, url, kube=None, gateway=None, **defaults):
 
 FAST = RunOptions(retry=RetryPolicy(attempts=2, backoff_s=0.0), poll_s=0.0,
                   sleep=lambda s: None)
+
+
+def at(now: pd.Timestamp) -> RunOptions:
+    """FAST with a wall clock that agrees with ``now``: the fleet's data ends hours before the
+    real clock, and an active run acts only when its now is close to the wall clock."""
+    return replace(FAST, wall_clock=lambda: now.timestamp())
 
 
 def _error_metric(gateway, service: str) -> list[str]:
@@ -85,7 +101,7 @@ def test_active_service_ends_in_the_planned_state(tmp_path, fleet, kube, gateway
     kube.add_deployment("svc-00", replicas=1, cores=1)
     settings = _settings(tmp_path, [_service("svc-00", mode="active")], url=fleet.prometheus.url,
                          kube=kube, gateway=gateway)
-    run = run_service(settings, "svc-00", fleet.now, api=kube.api, options=FAST)
+    run = run_service(settings, "svc-00", fleet.now, api=kube.api, options=at(fleet.now))
     record = ArtifactStore.read_json(run.record_uri)
     assert run.ok and record["outcome"] == "applied", record["summary"]
     assert record["mode"] == "active" and record["error"] is None
@@ -104,8 +120,8 @@ def test_active_service_ends_in_the_planned_state(tmp_path, fleet, kube, gateway
     assert any('service="svc-00"' in s and s.endswith(" 1") for s in
                gateway.samples("surgecast_run_ok"))
     # a later run reuses the stored model is reused and a shorter history is read
-    later = run_service(settings, "svc-00", fleet.now + pd.Timedelta(minutes=2),
-                        api=kube.api, options=FAST)
+    later_now = fleet.now + pd.Timedelta(minutes=2)
+    later = run_service(settings, "svc-00", later_now, api=kube.api, options=at(later_now))
     again = ArtifactStore.read_json(later.record_uri)
     assert later.ok and again["inputs"]["model_uri"] == record["inputs"]["model_uri"]
     assert not again["inputs"]["history_for_fit"]

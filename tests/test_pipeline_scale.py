@@ -33,6 +33,11 @@ def fleet(tmp_path_factory, twitter_1min):
     return promtest.fleet(tmp_path_factory.getbasetemp() / "prometheus", twitter_1min)
 
 
+def _kubeconfig(tmp_path, kube: FakeHarness):
+    """A kubeconfig for the fake API with the actuator's ServiceAccount token."""
+    return kube.write_kubeconfig(tmp_path / "kubeconfig")
+
+
 @pytest.mark.slow
 def test_run_once_for_50_services(tmp_path, fleet):
     model = os.environ.get("SURGECAST_SCALE_MODEL", "seasonal_naive")
@@ -46,12 +51,14 @@ def test_run_once_for_50_services(tmp_path, fleet):
             services=[{"name": n, "query": fleet.query(n), "deployment": n} for n in names],
             defaults={
                 "namespace": "inference", "profile": "resnet18", "slo_ms": 750,
+                "bounds": {"min_replicas": 1, "max_replicas": 30, "min_cores": 1,
+                           "max_cores": 8},
                 "data": {"max_gap_steps": 40},
                 "forecast": {"model": model, "history_days": 2.5, "fit_days": 3.1},
             },
             prometheus={"url": fleet.prometheus.url},
             artifacts={"root": str(tmp_path / "store")},
-            kubernetes={"host": kube.server.url},
+            kubernetes={"kubeconfig": str(_kubeconfig(tmp_path, kube))},
         )
         # first cycle through the command line: every model is fitted and stored
         started = time.perf_counter()

@@ -113,9 +113,9 @@ def test_plan_fits_a_measurement_csv(tmp_path: Path) -> None:
     ("args", "problem"),
     [
         (["--profile", "mobilenet", "--slo-ms", "750", "--rps", "1"], "no such bundled profile"),
-        (["--profile", "resnet18", "--slo-ms", "-3", "--rps", "1"], "slo_ms"),
+        (["--profile", "resnet18", "--slo-ms", "-3", "--rps", "1"], "'--slo-ms': -3"),
         (["--profile", "resnet18", "--slo-ms", "750"], "--rps"),
-        (["--profile", "resnet18", "--slo-ms", "750", "--rps", "-1"], "rps: must be >= 0"),
+        (["--profile", "resnet18", "--slo-ms", "750", "--rps", "-1"], "'--rps': -1 is not in"),
         (
             ["--profile", "video", "--slo-ms", "750", "--rps", "1", "--replicas", "1,2,3"],
             "--replicas",

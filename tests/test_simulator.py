@@ -1,18 +1,27 @@
 """The 1-second cluster simulator: known answers, cold starts, resizes, and agreement with a
-request-level discrete-event simulation."""
+request-level discrete-event simulation (``des.py``) over light load, near-SLO, overload,
+recovery, cold-start and resize windows, against a bar fixed before the windows were run."""
 
 from __future__ import annotations
 
-from functools import partial
+import math
+from dataclasses import dataclass, field
+from functools import cache, partial
 
 import numpy as np
 import pytest
-from des import request_latencies_ms
+from des import ReplicaTimeline, timeline_latencies_ms
 
 from actuator.guards import Bounds, within_bounds
 from planner.dp import StageConfig
 from planner.profiles import LatencyProfile, Pipeline
-from surgecast.simulator import SimulationSettings, batch_service_ms, count_violations, simulate
+from surgecast.simulator import (
+    SimulationSettings,
+    batch_service_ms,
+    count_violations,
+    latency_tail,
+    simulate,
+)
 
 # A profile with round numbers: l(b, c) = 40·b/c + 10 ms, so one core at batch 1 serves 20 rps.
 PROFILE = LatencyProfile(
@@ -66,10 +75,12 @@ def run(counts, shape, script=None, slo_ms=500.0, cold_start_s=30, resize_s=2, g
     )
 
 
-def test_light_load_no_backlog_no_violations_and_cost_is_cores_times_time():
+def test_light_load_no_backlog_almost_no_violations_and_cost_is_cores_times_time():
     result = run(np.full(600, 30.0), StageConfig(2, 1, 1))  # 40 rps of capacity
     assert result.served.sum() == pytest.approx(30.0 * 600)
-    assert result.violations.sum() == 0
+    # No backlog; Poisson bursts within a second leave a tail over 500 ms (ten service times)
+    # of a few requests in 10^5, under the validation bar's floor of 0.05 %.
+    assert result.violations.sum() / (30.0 * 600) < 1e-4
     summary = result.summary()
     assert summary["core_hours"] == pytest.approx(2 * 600 / 3600)
     assert summary["mean_utilisation"] == pytest.approx(30 / 40)
@@ -162,46 +173,6 @@ def test_service_time_alone_can_break_the_slo():
     assert late.sum() == pytest.approx(40.0 / 3)
 
 
-@pytest.mark.parametrize(
-    ("load_share", "replicas", "cores", "batch"),
-    [
-        (0.5, 4, 2, 4),  # comfortable
-        (0.7, 2, 1, 8),  # slow replicas with large batches
-        (0.9, 3, 4, 8),  # busy
-        (0.95, 6, 2, 2),
-        (1.0, 1, 16, 8),  # one big replica at its limit
-        (1.05, 2, 4, 8),  # a little overloaded
-        (1.3, 4, 1, 4),  # overloaded
-    ],
-)
-@pytest.mark.parametrize("slo_ms", [200.0, 400.0, 750.0])
-def test_fluid_simulator_agrees_with_a_request_level_simulation(
-    load_share, replicas, cores, batch, slo_ms
-):
-    """Share of requests over the SLO, fluid vs discrete-event, on 10-minute windows.
-
-    Tolerance: 0.04 absolute in the share of requests over the SLO (observed: at most 0.037,
-    typically below 0.005; the largest gaps are where one batch's service time is close to the
-    SLO, which the fluid model's uniform [l, 2l] latency smooths).
-    """
-    rng = np.random.default_rng(7)
-    capacity = replicas * float(RESNET.throughput_rps(batch, cores))
-    # A real-looking load: a ramp with Poisson noise around the target share of capacity.
-    counts = rng.poisson(load_share * capacity * np.linspace(0.85, 1.15, 600)).astype(float)
-    fluid = simulate(
-        counts,
-        Pipeline("resnet18", (RESNET,)),
-        Scripted({}),
-        [StageConfig(replicas, cores, batch)],
-        SimulationSettings(slo_ms=slo_ms),
-        no_guards,
-    )
-    fluid_share = fluid.violations.sum() / counts.sum()
-    latencies = request_latencies_ms(counts, RESNET, replicas=replicas, cores=cores, batch=batch)
-    des_share = float(np.mean(latencies > slo_ms))
-    assert abs(fluid_share - des_share) <= 0.04, (fluid_share, des_share)
-
-
 def test_greedy_batches_grow_with_the_per_replica_rate():
     # l(k, 1) = 40·k + 10 ms: at 15 rps a replica forms batches of k = 15·10/(1000 − 15·40)
     # (below 1, so 1); at 24 rps k = 240/40 = 6; at 30 rps it saturates at the batch size.
@@ -210,3 +181,459 @@ def test_greedy_batches_grow_with_the_per_replica_rate():
     assert batch_service_ms(PROFILE, 8, 1, 30.0) == pytest.approx(40 * 8 + 10)
     result = run(np.full(60, 48.0), StageConfig(2, 1, 8))
     assert result.service_ms[30] == pytest.approx(250.0)
+
+
+# -- agreement with a request-level simulation ---------------------------------------------------
+#
+# The bar, fixed before any case was run, from what the planner and the backtest need of the
+# share of requests over the SLO (the quantity the planner's p99 target and the backtest's
+# violation_rate and violation minutes are about):
+#
+# * share >= 5 % (overload, a backlog draining): the queue dominates and the fluid model is
+#   meant to be exact about it; |fluid - des| / des <= 0.2, so that a policy that is twice as
+#   bad in a surge reads as worse, never as better.
+# * 0.1 % <= share < 5 % (near the SLO, where a p99 target lives): within a factor of 2
+#   (|ln(fluid / des)| <= ln 2; this applies as soon as either share reaches 0.1 %), so that
+#   a shape whose true share is 0.5 % never reads as above the 1 % line and one at 2 % never
+#   reads as below it. The
+#   request-level share of a 10-minute window has a sampling spread of about 10-20 % at 1 %.
+# * both below 0.1 %: |fluid - des| <= 0.05 percentage points (a few requests in 10 minutes).
+
+SHARE_FLOOR = 0.001
+"""Below this share over the SLO only an absolute bar is meaningful."""
+HIGH_SHARE = 0.05
+"""From this share of the request-level simulation on, the relative bar applies."""
+QUEUE_REL_BAR = 0.2
+"""|fluid - des| / des allowed where des >= HIGH_SHARE."""
+TAIL_FACTOR_BAR = 2.0
+"""fluid / des must lie in [1/2, 2] where a share lies in [SHARE_FLOOR, HIGH_SHARE)."""
+ABS_BAR = 0.0005
+"""|fluid - des| allowed where both shares are below SHARE_FLOOR."""
+DRAIN_S = 180
+"""Seconds without arrivals appended to every window, so that both simulations serve every
+request and no request is counted late merely for being cut off at the end of the span."""
+RESNET_PIPELINE = Pipeline("resnet18", (RESNET,))
+
+
+def agrees(fluid: float, des: float) -> bool:
+    """Whether two shares of requests over the SLO agree within the bar above."""
+    if max(fluid, des) < SHARE_FLOOR:
+        return abs(fluid - des) <= ABS_BAR
+    if des >= HIGH_SHARE:
+        return abs(fluid - des) <= QUEUE_REL_BAR * des
+    if fluid <= 0 or des <= 0:
+        return False  # one sees 0.1 % or more over the SLO, the other none
+    return abs(math.log(fluid / des)) <= math.log(TAIL_FACTOR_BAR)
+
+
+def relative_error(fluid: float, des: float) -> float:
+    return abs(fluid - des) / des if des > 0 else (0.0 if fluid == 0 else math.inf)
+
+
+def test_the_bar_itself():
+    assert agrees(0.0, 0.0) and agrees(0.0004, 0.0) and not agrees(0.0009, 0.0002)
+    assert agrees(0.019, 0.01) and not agrees(0.021, 0.01) and not agrees(0.0049, 0.01)
+    assert not agrees(0.0015, 0.0) and not agrees(0.0, 0.0012) and agrees(0.0009, 0.0011)
+    assert agrees(0.59, 0.5) and not agrees(0.61, 0.5) and not agrees(0.39, 0.5)
+
+
+def fixed(replicas: int, cores: int, batch: int) -> tuple[ReplicaTimeline, ...]:
+    return (ReplicaTimeline(cores, batch),) * replicas
+
+
+def capacity_rps(replicas: int, cores: int, batch: int) -> float:
+    return replicas * float(RESNET.throughput_rps(batch, cores))
+
+
+@dataclass(frozen=True)
+class Window:
+    """One validation window: a load, a cluster and what happens to it.
+
+    Attributes:
+        regime: what the window exercises (the table groups by it).
+        name: a short label.
+        rates_rps: mean arrival rate of each second; the arrivals are Poisson at that rate.
+        initial: the cluster's shape at second 0 (warm).
+        slo_ms: the SLO; for ``slo_quantile`` windows it is derived (see there).
+        slo_quantile: when set, the SLO is the request-level simulation's latency at this
+            quantile (ms, rounded up), so that its share over the SLO is 1 - quantile by
+            construction: the near-SLO regime, placed where a planner's target is.
+        script: second -> shape asked of the fluid simulator.
+        replicas: the same changes, written as request-level replica timelines.
+        cold_start_s: seconds before a new replica serves.
+        resize_s: seconds an in-place resize takes.
+        known_gap: empty when the fluid model meets the bar; otherwise why it does not (the
+            case is then an expected failure of the bar, strict: a fix must update it).
+    """
+
+    regime: str
+    name: str
+    rates_rps: np.ndarray
+    initial: StageConfig
+    replicas: tuple[ReplicaTimeline, ...]
+    slo_ms: float = 0.0
+    slo_quantile: float | None = None
+    script: dict[int, StageConfig] = field(default_factory=dict)
+    cold_start_s: int = 30
+    resize_s: int = 2
+    known_gap: str = ""
+
+
+def steady(rho: float, replicas: int, cores: int, batch: int, seconds: int = 600) -> np.ndarray:
+    return np.full(seconds, rho * capacity_rps(replicas, cores, batch))
+
+
+def surge(base: float, peak: float, capacity: float, seconds: int, start_s: int, end_s: int = 0):
+    """``base`` x ``capacity`` rps, ``peak`` x ``capacity`` from ``start_s`` to ``end_s``
+    (to the end when 0)."""
+    rates = np.full(seconds, base * capacity)
+    rates[start_s : end_s or seconds] = peak * capacity
+    return rates
+
+
+NEAR_SLO_SHAPES = [  # (replicas, cores, batch): batch 1, small and large batches, slow and fast
+    (8, 1, 1),
+    (6, 2, 2),
+    (4, 2, 4),
+    (4, 1, 4),
+    (3, 4, 8),
+    (2, 1, 8),
+    (1, 16, 8),
+]
+NEAR_SLO_QUANTILES = (0.96, 0.99, 0.998)  # shares over the SLO of 4 %, 1 % and 0.2 %
+NEAR_SLO_LOAD = 0.85  # of the shape's capacity at its batch size: a typical planning target
+OVER = (
+    "fluid too high: several replicas are modelled as one server picking up every l(k)/n, "
+    "which waits too long when a replica could pick up at once; worst at the far tail"
+)
+NEAR_SLO_GAPS = {  # measured; the table printed by test_agreement_table has the figures
+    (6, 2, 2, 0.998): OVER,  # 0.383 % vs 0.179 % (2.1x)
+    (4, 2, 4, 0.998): OVER,  # 0.632 % vs 0.193 % (3.3x)
+    (4, 1, 4, 0.998): OVER,  # 0.611 % vs 0.189 % (3.2x)
+    (2, 1, 8, 0.99): OVER,  # 2.16 % vs 0.98 % (2.2x)
+    (2, 1, 8, 0.998): OVER,  # 1.13 % vs 0.197 % (5.8x)
+}
+
+
+def windows() -> list[Window]:
+    """Every validation window, by regime."""
+    out = [
+        Window(
+            "light",
+            "4x2c b4 at 30 %",
+            steady(0.3, 4, 2, 4),
+            StageConfig(4, 2, 4),
+            fixed(4, 2, 4),
+            slo_ms=200.0,
+        )
+    ]
+    for r, c, b in NEAR_SLO_SHAPES:
+        for q in NEAR_SLO_QUANTILES:
+            out.append(
+                Window(
+                    "near SLO",
+                    f"{r}x{c}c b{b} at 85 %, p{100 * q:g}",
+                    steady(NEAR_SLO_LOAD, r, c, b),
+                    StageConfig(r, c, b),
+                    fixed(r, c, b),
+                    slo_quantile=q,
+                    known_gap=NEAR_SLO_GAPS.get((r, c, b, q), ""),
+                )
+            )
+    out += [
+        Window(
+            "overload",
+            "2x4c b8: 70 % then 110 % for 120 s",
+            surge(0.7, 1.1, capacity_rps(2, 4, 8), 300, 120),
+            StageConfig(2, 4, 8),
+            fixed(2, 4, 8),
+            slo_ms=750.0,
+        ),
+        Window(
+            "overload",
+            "8x1c b1: 80 % then 103 % for 180 s",
+            surge(0.8, 1.03, capacity_rps(8, 1, 1), 300, 120),
+            StageConfig(8, 1, 1),
+            fixed(8, 1, 1),
+            slo_ms=400.0,
+        ),
+        Window(
+            "overload",
+            "3x4c b8: ramp 80 % to 115 %",
+            capacity_rps(3, 4, 8) * np.linspace(0.8, 1.15, 600),
+            StageConfig(3, 4, 8),
+            fixed(3, 4, 8),
+            slo_ms=200.0,
+        ),
+        Window(
+            "recovery",
+            "6x2c b2: 150 % for 30 s, back to 60 %",
+            surge(0.6, 1.5, capacity_rps(6, 2, 2), 300, 60, 90),
+            StageConfig(6, 2, 2),
+            fixed(6, 2, 2),
+            slo_ms=400.0,
+        ),
+        Window(
+            "recovery",
+            "4x1c b4: 130 % for 60 s, back to 70 %",
+            surge(0.7, 1.3, capacity_rps(4, 1, 4), 300, 60, 120),
+            StageConfig(4, 1, 4),
+            fixed(4, 1, 4),
+            slo_ms=750.0,
+        ),
+        Window(
+            "cold start",
+            "2 -> 4 x2c b4 at a surge to 160 %, 30 s start",
+            surge(0.6, 1.6, capacity_rps(2, 2, 4), 300, 60),
+            StageConfig(2, 2, 4),
+            fixed(2, 2, 4) + (ReplicaTimeline(2, 4, ready_s=90),) * 2,
+            slo_ms=750.0,
+            script={60: StageConfig(4, 2, 4)},
+        ),
+        Window(
+            "cold start",
+            "3 -> 6 x1c b8 at a surge to 130 %, 60 s start",
+            surge(0.5, 1.3, capacity_rps(3, 1, 8), 360, 60),
+            StageConfig(3, 1, 8),
+            fixed(3, 1, 8) + (ReplicaTimeline(1, 8, ready_s=120),) * 3,
+            slo_ms=750.0,
+            script={60: StageConfig(6, 1, 8)},
+            cold_start_s=60,
+        ),
+        Window(
+            "resize",
+            "2x 1c -> 4c b4 at a surge to 200 %",
+            surge(0.6, 2.0, capacity_rps(2, 1, 4), 300, 60),
+            StageConfig(2, 1, 4),
+            (ReplicaTimeline(1, 4, resizes=((65.0, 4, 4),)),) * 2,
+            slo_ms=400.0,
+            script={63: StageConfig(2, 4, 4)},
+        ),
+        Window(
+            "resize",
+            "3x 2c b2 -> 4c b8 at a surge to 160 %",
+            surge(0.5, 1.6, capacity_rps(3, 2, 2), 300, 60),
+            StageConfig(3, 2, 2),
+            (ReplicaTimeline(2, 2, resizes=((64.0, 4, 8),)),) * 3,
+            slo_ms=750.0,
+            script={62: StageConfig(3, 4, 8)},
+        ),
+    ]
+    return out
+
+
+WINDOWS = windows()
+
+
+@dataclass(frozen=True)
+class Agreement:
+    slo_ms: float
+    requests: int
+    fluid_share: float
+    des_share: float
+    des_latencies_ms: np.ndarray
+    fluid_result: object
+
+
+@cache
+def compare(index: int) -> Agreement:
+    """Runs window ``index`` through both simulations (seeded; the same per-second counts)."""
+    window = WINDOWS[index]
+    rng = np.random.default_rng(100 + index)
+    counts = np.concatenate([rng.poisson(window.rates_rps).astype(float), np.zeros(DRAIN_S)])
+    _, latencies = timeline_latencies_ms(counts, RESNET, window.replicas, seed=index)
+    if window.slo_quantile is None:
+        slo_ms = window.slo_ms
+    else:
+        slo_ms = float(math.ceil(np.quantile(latencies, window.slo_quantile)))
+    fluid = simulate(
+        counts,
+        RESNET_PIPELINE,
+        Scripted(window.script),
+        [window.initial],
+        SimulationSettings(
+            slo_ms=slo_ms, cold_start_s=window.cold_start_s, resize_s=window.resize_s
+        ),
+        no_guards,
+    )
+    # Both served every request before the span ended: the drain is long enough.
+    assert fluid.served.sum() == pytest.approx(counts.sum())
+    return Agreement(
+        slo_ms=slo_ms,
+        requests=int(counts.sum()),
+        fluid_share=float(fluid.violations.sum() / counts.sum()),
+        des_share=float(np.mean(latencies > slo_ms)),
+        des_latencies_ms=latencies,
+        fluid_result=fluid,
+    )
+
+
+def _params():
+    for i, w in enumerate(WINDOWS):
+        if w.regime == "light":
+            continue
+        marks = [pytest.mark.xfail(strict=True, reason=w.known_gap)] if w.known_gap else []
+        yield pytest.param(i, id=f"{w.regime}: {w.name}", marks=marks)
+
+
+@pytest.mark.parametrize("index", list(_params()))
+def test_fluid_simulator_agrees_with_a_request_level_simulation(index):
+    """Share of requests over the SLO, fluid 1-s simulator vs request-level simulation.
+
+    The bar is the one in the comment above ``SHARE_FLOOR`` (fixed before the cases were run).
+    Arrivals are Poisson at each window's rate: the per-second counts are drawn once and both
+    simulations see them; the request-level one places each request uniformly at random within
+    its second.
+
+    Measured (``pytest -s`` prints the table): where a backlog sets the share (overload,
+    recovery, cold starts and in-place resizes during a surge; shares of 2.6 % to 68 %) the
+    fluid model is within 7 % of the request-level share. Near the SLO at a steady 85 % of
+    capacity (7 shapes x SLOs at the request-level p96, p99, p99.8) it meets the factor-2 bar
+    in 16 of 21 windows (fluid/des 0.55 to 2.0) through the within-second queue
+    (``simulator.latency_tail``); the 5 others read too high, by 2.1x to 5.8x, all at the far
+    tail of slow replicas with batches (``NEAR_SLO_GAPS``, strict expected failures).
+    """
+    window = WINDOWS[index]
+    result = compare(index)
+    assert result.requests > 10_000
+    assert agrees(result.fluid_share, result.des_share), (
+        f"{window.regime} {window.name}: SLO {result.slo_ms:g} ms, fluid "
+        f"{result.fluid_share:.4%} vs request-level {result.des_share:.4%}"
+    )
+
+
+def test_light_load_both_see_no_request_over_the_slo_with_room_to_spare():
+    """At 30 % of capacity neither simulation has a request over a 200 ms SLO, and the zero is
+    not marginal: it holds at half the SLO too (both simulations' slowest request is under
+    100 ms, about 5 times the 20.5 ms batch-1 service time on 2 cores)."""
+    (index,) = [i for i, w in enumerate(WINDOWS) if w.regime == "light"]
+    result = compare(index)
+    assert result.requests > 30_000
+    assert result.fluid_share == 0 and result.des_share == 0
+    half = WINDOWS[index].slo_ms / 2
+    assert result.des_latencies_ms.max() < half
+    fluid = result.fluid_result
+    late_at_half = count_violations(fluid.arrivals, fluid.served, fluid.service_ms, half)
+    assert late_at_half.sum() == 0
+    # Requests do queue behind each other now and then (the request-level tail is real, just
+    # short): the slowest request took more than two batch-1 service times.
+    assert result.des_latencies_ms.max() > 2 * RESNET.latency_ms(1, 2)
+
+
+def _near_slo_p99() -> list[int]:
+    return [i for i, w in enumerate(WINDOWS) if w.regime == "near SLO" and w.slo_quantile == 0.99]
+
+
+def test_near_slo_tail_comes_from_sub_second_poisson_bursts():
+    """Why the fluid backlog alone misses the near-SLO bar, and that the within-second queue
+    supplies the tail.
+
+    Fed the same per-second counts spread evenly within each second (the fluid backlog's
+    assumption), the request-level simulation keeps at most a third of the share over its own
+    Poisson p99 in every shape (measured 0 to 0.29 of it): most of the tail near the SLO is
+    queueing behind sub-second bursts. At a constant rate the fluid backlog and the batch
+    service alone (``count_violations`` without tails) put no request over that SLO in any
+    shape; the simulator with the within-second queue puts between half and twice the
+    request-level share there.
+    """
+    for index in _near_slo_p99():
+        window = WINDOWS[index]
+        result = compare(index)
+        rng = np.random.default_rng(100 + index)
+        counts = np.concatenate([rng.poisson(window.rates_rps).astype(float), np.zeros(DRAIN_S)])
+        _, even = timeline_latencies_ms(counts, RESNET, window.replicas, seed=index, even=True)
+        assert np.mean(even > result.slo_ms) <= result.des_share / 3, window.name
+        steady_counts = np.concatenate(
+            [np.full(len(window.rates_rps), np.round(window.rates_rps[0])), np.zeros(DRAIN_S)]
+        )
+        fluid = simulate(
+            steady_counts,
+            RESNET_PIPELINE,
+            Scripted({}),
+            [window.initial],
+            SimulationSettings(slo_ms=result.slo_ms),
+            no_guards,
+        )
+        backlog_only = count_violations(
+            fluid.arrivals, fluid.served, fluid.service_ms, result.slo_ms
+        )
+        assert backlog_only.sum() == 0, window.name
+        share = fluid.violations.sum() / steady_counts.sum()
+        assert 0.5 <= share / result.des_share <= TAIL_FACTOR_BAR * 1.2, window.name
+
+
+def test_within_second_queue_of_one_replica_at_batch_1_is_m_d_1():
+    """One replica at batch 1 is an M/D/1 queue, where the chain is exact: a request waits with
+    probability ρ, and the mean wait is ρ·D / (2·(1 − ρ)) (Pollaczek-Khinchine; Kleinrock,
+    Queueing Systems vol. 1, 1975, eq. 5.76 with a deterministic service time D)."""
+    service_ms = PROFILE.latency_ms(1, 1)  # 50 ms: 20 rps
+    for rho in (0.3, 0.7, 0.9):
+        tail = latency_tail(PROFILE, 1, 1, 1, rho * 20.0, horizon_ms=20_000.0)
+        expected = service_ms + rho * service_ms / (2 * (1 - rho))
+        assert tail.mean_ms == pytest.approx(expected, rel=0.01), rho
+        # Everyone takes at least D; a share ρ waits first.
+        assert tail.ccdf[int(service_ms) - 1] == pytest.approx(1.0)
+        assert tail.ccdf[int(service_ms) + 1] == pytest.approx(rho, rel=0.02), rho
+    # More replicas or larger batches at the same load wait less.
+    single = latency_tail(PROFILE, 1, 1, 1, 14.0, 2000.0)
+    assert latency_tail(PROFILE, 4, 1, 1, 56.0, 2000.0).ccdf[120] < single.ccdf[120]
+    assert latency_tail(PROFILE, 1, 1, 4, 14.0, 2000.0).ccdf[120] < single.ccdf[120]
+
+
+def test_agreement_table():
+    """Prints every window (run with ``-s``) and checks the table as a whole: every regime is
+    covered, no window has both shares at 0 except the light-load one, and the worst error of
+    the windows that meet the bar is within it."""
+    rows = []
+    for index, window in enumerate(WINDOWS):
+        result = compare(index)
+        rows.append((window, result, relative_error(result.fluid_share, result.des_share)))
+    print()
+    print(f"{'regime':<11}{'window':<46}{'SLO ms':>7}{'fluid':>9}{'DES':>9}{'rel err':>9}  bar")
+    for window, result, rel in rows:
+        verdict = "ok" if agrees(result.fluid_share, result.des_share) else "MISS"
+        print(
+            f"{window.regime:<11}{window.name:<46}{result.slo_ms:>7.0f}"
+            f"{result.fluid_share:>9.3%}{result.des_share:>9.3%}{rel:>9.2f}  {verdict}"
+        )
+    # Worst errors where the bar is met, per tier of the bar, and in the known gaps.
+    queue = [rel for w, r, rel in rows if not w.known_gap and r.des_share >= HIGH_SHARE]
+    tail = [
+        abs(math.log(r.fluid_share / r.des_share))
+        for w, r, _ in rows
+        if not w.known_gap and SHARE_FLOOR <= max(r.fluid_share, r.des_share)
+        if r.des_share < HIGH_SHARE
+    ]
+    gaps = [r.fluid_share / r.des_share for w, r, _ in rows if w.known_gap and r.des_share > 0]
+    print(
+        f"bar met: worst |fluid - des| / des at >= {HIGH_SHARE:.0%}: {max(queue):.3f}; worst "
+        f"fluid/des factor at {SHARE_FLOOR:.1%}-{HIGH_SHARE:.0%}: {math.exp(max(tail)):.2f}; "
+        f"known gaps ({len(gaps)} windows): fluid/des from {min(gaps):.3f} to {max(gaps):.1f}"
+    )
+    regimes = {w.regime for w, _, _ in rows}
+    assert regimes == {"light", "near SLO", "overload", "recovery", "cold start", "resize"}
+    for window, result, _ in rows:
+        if window.regime != "light":
+            assert max(result.fluid_share, result.des_share) >= SHARE_FLOOR, window.name
+    assert max(queue) <= QUEUE_REL_BAR
+    assert max(tail) <= math.log(TAIL_FACTOR_BAR)
+
+
+def test_request_level_simulation_known_answers():
+    """The request-level simulation on hand-checked cases: one request a second at mid-second,
+    one 1-core replica (l(1, 1) = 37.98 ms, l(2, 1) = 68.69 ms)."""
+    counts = np.ones(6)
+    one = RESNET.latency_ms(1, 1)
+    _, lat = timeline_latencies_ms(counts, RESNET, fixed(1, 1, 1), even=True)
+    assert lat == pytest.approx(np.full(6, one))
+    # Cold start: not ready before 2.0 s, so the requests of 0.5 s and 1.5 s go as one batch
+    # of 2 at 2.0 s.
+    _, lat = timeline_latencies_ms(counts, RESNET, (ReplicaTimeline(1, 2, ready_s=2.0),), even=True)
+    two = RESNET.latency_ms(2, 1)
+    assert lat[:2] == pytest.approx([1500 + two, 500 + two])
+    assert lat[2:] == pytest.approx(np.full(4, one))
+    # An in-place resize to 4 cores from 3.0 s on: later batches run at l(1, 4).
+    _, lat = timeline_latencies_ms(
+        counts, RESNET, (ReplicaTimeline(1, 1, resizes=((3.0, 4, 1),)),), even=True
+    )
+    assert lat == pytest.approx([one] * 3 + [RESNET.latency_ms(1, 4)] * 3)

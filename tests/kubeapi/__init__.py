@@ -3,9 +3,10 @@ loopback and driven only through the official client.
 
 No kube-apiserver can run on the test machines, so this package plays one: Deployments with the
 scale subresource, a ReplicaSet-like controller with a pod start delay, pods with the resize
-subresource and its conditions, HPAs, Events, resourceVersion conflicts, label selectors, RBAC
-from ``deploy/``, and injectable 5xx errors, timeouts and conflicts. Time is a :class:`Clock`
-the test advances.
+subresource and its conditions, HPAs, Events, Leases, ConfigMaps, resourceVersion conflicts,
+label selectors, bearer-token authentication and RBAC from ``deploy/``, validation and
+ResourceQuota admission (dry runs included), and injectable 5xx errors, lost answers and
+concurrent writers. Time is a :class:`Clock` the test advances; nothing waits in real time.
 """
 
 from kubeapi.cluster import BASE_EPOCH_S, Clock, FakeCluster, Node

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from kubernetes import client as k8s
 
 from actuator.kube import KubeApi, api_client_for
 from kubeapi.cluster import Clock, FakeCluster, Node
@@ -23,10 +24,32 @@ REPO = Path(__file__).resolve().parents[2]
 RBAC = REPO / "deploy" / "rbac.yaml"
 RBAC_TEMPLATE = REPO / "deploy" / "rbac-template-rewrite.yaml"
 NAMESPACE = "inference"
+ACTUATOR_SA = "surgecast-actuator"
+
+
+def client_for(url: str, token: str | None) -> k8s.ApiClient:
+    """An ``ApiClient`` for ``url`` that sends ``Authorization: Bearer <token>`` (none without
+    a token), with urllib3's retries off as :func:`actuator.kube.api_client_for` has them."""
+    configuration = k8s.Configuration(
+        host=url, api_key={"authorization": f"Bearer {token}"} if token else None
+    )
+    configuration.retries = False
+    return k8s.ApiClient(configuration)
 
 
 class FakeHarness:
-    """The fake API server on loopback with a test clock (see :mod:`kubeapi`)."""
+    """The fake API server on loopback with a test clock (see :mod:`kubeapi`).
+
+    The actuator's :class:`KubeApi` (``self.api``) authenticates as the service account
+    ``surgecast-actuator`` in ``inference`` and is held to the RBAC of ``rbac_files``.
+
+    Args:
+        start_delay_s, resize_delay_s, nodes: passed to :class:`FakeCluster`.
+        rbac_files: manifests the server enforces (default ``deploy/rbac.yaml``).
+        request_timeout_s: the actuator client's timeout per request (s).
+        version: (major, minor) of the fake server (default: 1.33).
+        **cluster_options: further :class:`FakeCluster` fields.
+    """
 
     kind = "fake"
 
@@ -38,19 +61,60 @@ class FakeHarness:
         nodes: list[Node] | None = None,
         rbac_files: list[Path] | None = None,
         request_timeout_s: float = 2.0,
+        version: tuple[int, int] | None = None,
+        start_s: float | None = None,
+        **cluster_options,
     ) -> None:
         self.namespace = NAMESPACE
-        self.clock = Clock()
+        # start_s: the test clock's start (epoch s); the real time for entry points that check
+        # their "now" against the wall clock (the CLI), else a fixed day.
+        self.clock = Clock() if start_s is None else Clock(float(start_s))
         self.cluster = FakeCluster(
             self.clock,
             start_delay_s=start_delay_s,
             resize_delay_s=resize_delay_s,
             nodes=nodes or [Node("node-1", 64_000)],
+            **cluster_options,
         )
-        self.server = FakeApiServer(self.cluster, rbac_files or [RBAC]).start()
-        self.api = KubeApi(
-            api_client_for(host=self.server.url), request_timeout_s=request_timeout_s
-        )
+        server_options = {} if version is None else {"version": version}
+        self.server = FakeApiServer(self.cluster, rbac_files or [RBAC], **server_options).start()
+        self._clients: list[k8s.ApiClient] = []
+        self.actuator_token = self.server.service_account_token(NAMESPACE, ACTUATOR_SA)
+        self.api = KubeApi(self.client(self.actuator_token), request_timeout_s=request_timeout_s)
+        self.admin = self.client(self.server.issue_token("admin", ["system:masters"]))
+
+    def client(self, token: str | None) -> k8s.ApiClient:
+        """An ``ApiClient`` with ``token`` (None: no credentials), closed with the harness."""
+        api_client = client_for(self.server.url, token)
+        self._clients.append(api_client)
+        return api_client
+
+    def service_account_client(self, name: str, namespace: str = NAMESPACE) -> k8s.ApiClient:
+        """A client authenticated as the service account ``namespace/name``."""
+        return self.client(self.server.service_account_token(namespace, name))
+
+    def write_kubeconfig(self, path: Path, token: str | None = None) -> Path:
+        """A kubeconfig for the fake server authenticating with ``token`` (default: the
+        actuator's), for entry points that take a kubeconfig file (CLI, service config)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.server.url}}],
+            "users": [{"name": "fake", "user": {"token": token or self.actuator_token}}],
+            "contexts": [
+                {
+                    "name": "fake",
+                    "context": {"cluster": "fake", "user": "fake", "namespace": self.namespace},
+                }
+            ],
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+    def add_rbac(self, *documents: dict | str) -> None:
+        """More Roles, ClusterRoles and bindings (dicts or YAML text)."""
+        self.server.add_rbac(*documents)
 
     @property
     def faults(self):
@@ -79,7 +143,8 @@ class FakeHarness:
 
     def close(self) -> None:
         self.server.stop()
-        self.api.api_client.close()
+        for api_client in self._clients:
+            api_client.close()
 
 
 class ClusterHarness:

@@ -1,0 +1,116 @@
+"""Least-privilege RBAC generated from the service config: the actuator may touch exactly the
+allow-listed workloads.
+
+One Role and RoleBinding per namespace of the fleet (a namespaced Role, never a ClusterRole), for
+the actuator's ServiceAccount. Rules with ``resourceNames`` wherever Kubernetes can scope them
+(docs "Using RBAC Authorization", "Referring to resources": ``resourceNames`` cannot restrict
+``list``, ``watch`` or ``create``, whose requests carry no object name at authorisation time):
+
+* ``deployments`` get, ``deployments/scale`` get + patch: only the allow-listed Deployments;
+* ``horizontalpodautoscalers`` get + patch: only the HPAs the config names; ``list`` only when a
+  Deployment's HPA is looked up rather than named;
+* ``leases`` get + patch: only the services' Leases (``surgecast-<service>``); ``create`` cannot
+  be scoped, so it is a rule of its own;
+* ``configmaps`` get: only the kill switch;
+* ``pods`` get + list and ``pods/resize`` patch: pods have generated names, so these cannot be
+  scoped by name; the actuator only resizes pods selected by an allow-listed Deployment's
+  selector;
+* ``events`` create (unscoped, as every controller's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from actuator.config import ServiceConfig
+from actuator.lease import lease_name
+
+ACCOUNT = "surgecast-actuator"
+
+
+def rbac_manifests(
+    services: Sequence[ServiceConfig],
+    *,
+    account: str = ACCOUNT,
+    account_namespace: str | None = None,
+) -> list[dict]:
+    """ServiceAccount, and per namespace a Role and RoleBinding granting only what the actuator
+    needs for ``services``.
+
+    Args:
+        services: the service configs (their namespaces, Deployments, HPAs, kill switches).
+        account: the actuator's ServiceAccount.
+        account_namespace: where the ServiceAccount lives (default: the first service's
+            namespace); the RoleBindings of other namespaces bind it across namespaces.
+
+    Returns:
+        Plain manifests, in apply order.
+    """
+    if not services:
+        raise ValueError("rbac: no services in the config")
+    home = account_namespace or services[0].namespace
+    docs: list[dict] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": home},
+        }
+    ]
+    by_ns: dict[str, list[ServiceConfig]] = {}
+    for svc in services:
+        by_ns.setdefault(svc.namespace, []).append(svc)
+    for ns, group in sorted(by_ns.items()):
+        docs.append(_role(ns, group, account))
+        docs.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": account, "namespace": ns},
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": home}],
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": account,
+                },
+            }
+        )
+    return docs
+
+
+def _role(namespace: str, services: Sequence[ServiceConfig], account: str) -> dict:
+    deployments = sorted({w.deployment for s in services for w in s.workloads})
+    hpas = sorted({w.hpa for s in services for w in s.workloads if w.hpa})
+    look_up_hpas = any(w.hpa is None for s in services for w in s.workloads)
+    leases = sorted({lease_name(s.service) for s in services})
+    switches = sorted({s.kill_switch for s in services})
+    rules: list[dict] = [
+        _rule("apps", "deployments", ["get"], deployments),
+        _rule("apps", "deployments/scale", ["get", "patch"], deployments),
+        _rule("", "pods", ["get", "list"]),
+        _rule("", "pods/resize", ["patch"]),
+    ]
+    if hpas:
+        rules.append(_rule("autoscaling", "horizontalpodautoscalers", ["get", "patch"], hpas))
+    if look_up_hpas:
+        # Finding the HPA that targets a Deployment needs list, which names cannot scope; the
+        # HPA found is then read and patched by name, so get/patch stay unscoped only here.
+        rules.append(_rule("autoscaling", "horizontalpodautoscalers", ["get", "list", "patch"]))
+    rules += [
+        _rule("coordination.k8s.io", "leases", ["get", "patch"], leases),
+        _rule("coordination.k8s.io", "leases", ["create"]),
+        _rule("", "configmaps", ["get"], switches),
+        _rule("", "events", ["create"]),
+    ]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": account, "namespace": namespace},
+        "rules": rules,
+    }
+
+
+def _rule(group: str, resource: str, verbs: list[str], names: list[str] | None = None) -> dict:
+    rule: dict = {"apiGroups": [group], "resources": [resource], "verbs": verbs}
+    if names:
+        rule["resourceNames"] = list(names)
+    return rule
