@@ -23,10 +23,11 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+import urllib3
 
 from actuator import pods as P
 from actuator.config import ServiceConfig, WorkloadConfig
@@ -154,13 +155,7 @@ def actuate(
         record.refused = allowed_workload(f"service {plan.service}", known)
         append_record(artifacts, record, now)
         return record
-    last_up = options.last_scale_up_s
-    if last_up is None:
-        last_up = last_scale_up_s(
-            artifacts, config.service, config.mode, now, config.stabilisation_s, problems=problems
-        )
-    record = _new_record(plan, config.mode, now, config, last_up)
-    record.errors += problems
+    record = _new_record(plan, config.mode, now, config, None)
     run = _Run(config, api, options, record, Path(artifacts))
     try:
         record.refused = refusal(plan, config, now) or _shared_workload(config, services)
@@ -168,6 +163,22 @@ def actuate(
             record.held = _hold_active(run, plan, now)
             if record.refused is None and record.held is None:
                 run.lease, record.held = _take_lease(run, now)
+        # The records are read once the Lease is held: a run that finished just before has
+        # written its record (before releasing), so its scale-up is seen.
+        last_up = options.last_scale_up_s
+        if last_up is None:
+            last_up = last_scale_up_s(
+                artifacts,
+                config.service,
+                config.mode,
+                now,
+                config.stabilisation_s,
+                problems=problems,
+            )
+        record.errors += problems
+        record.inputs["last_scale_up_at"] = (
+            None if last_up is None else iso(pd.Timestamp(last_up, unit="s", tz="UTC"))
+        )
         if record.refused is None:
             _apply(run, plan, now, floors or {}, last_up)
         _announce(run, now)
@@ -175,11 +186,12 @@ def actuate(
         record.errors.append(f"internal error: {exc!r}")
         raise
     finally:
+        # The record is written before the Lease is released (the next holder reads it).
         try:
+            append_record(artifacts, record, now)
+        finally:
             if run.lease is not None:
                 _release_lease(run)
-        finally:
-            append_record(artifacts, record, now)
     return record
 
 
@@ -234,10 +246,10 @@ def _hold_active(run: _Run, plan: Plan, now: pd.Timestamp) -> str | None:
 def _kill_switch(run: _Run) -> str | None:
     from kubernetes.client.exceptions import ApiException
 
-    ns, name = run.config.namespace, run.config.kill_switch
+    ns, name = run.config.kill_switch_ref
     try:
         cm = run.api.configmap(ns, name)
-    except (ApiException, OSError, ValueError) as exc:
+    except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
         if isinstance(exc, ApiException) and exc.status == 404:
             return None
         why = describe_error(exc)
@@ -248,6 +260,13 @@ def _kill_switch(run: _Run) -> str | None:
     return None
 
 
+def _lease_duration_s(run: _Run) -> float:
+    """Long enough for the slowest run: per Deployment, the resize timeout and a few bounded
+    write retries; renewed before every write all the same (:func:`_still_ours`)."""
+    per_workload = run.config.resize_timeout_s + 120.0
+    return max(run.options.lease_duration_s, per_workload * len(run.config.workloads))
+
+
 def _take_lease(run: _Run, now: pd.Timestamp) -> tuple[Lease | None, str | None]:
     """The service's Lease for this run, or why the run may only record."""
     lease = Lease(
@@ -255,7 +274,7 @@ def _take_lease(run: _Run, now: pd.Timestamp) -> tuple[Lease | None, str | None]
         run.config.namespace,
         lease_name(run.config.service),
         run.options.identity,
-        duration_s=run.options.lease_duration_s,
+        duration_s=_lease_duration_s(run),
     )
     why = lease.acquire(now_s=float(run.options.wall_clock()))
     run.record.inputs["lease"] = {"name": lease.name, "identity": lease.identity}
@@ -265,9 +284,19 @@ def _take_lease(run: _Run, now: pd.Timestamp) -> tuple[Lease | None, str | None]
 
 
 def _release_lease(run: _Run) -> None:
-    why = run.lease.release(now_s=float(run.options.wall_clock()))
-    if why is not None:
-        run.record.errors.append(why)
+    """Release; a failure is left to the Lease's expiry (the record is already written)."""
+    run.lease.release(now_s=float(run.options.wall_clock()))
+
+
+def _still_ours(run: _Run) -> str | None:
+    """Before an active write: renew the Lease (so a slow run never outlives it) and read the
+    kill switch again (so a pause stops a run that is under way). Why not to write, or None."""
+    if run.lease is None:
+        return None
+    why = run.lease.acquire(now_s=float(run.options.wall_clock()))
+    if why is None:
+        why = _kill_switch(run)
+    return why
 
 
 def _new_record(plan, mode, now, config, last_up) -> DecisionRecord:
@@ -360,6 +389,13 @@ def _observe(run: _Run, workload: WorkloadConfig, wrec: WorkloadRecord) -> _Obse
     pods = read(f"pods of {name}", lambda: run.api.pods(ns, labels))
     if pods is None:
         return None
+    owned = P.owned_by(pods, name)
+    if len(owned) < len(pods):
+        run.record.errors.append(
+            f"deployments/{name}: {len(pods) - len(owned)} pod(s) match its selector but "
+            "belong to another controller: ignored"
+        )
+    pods = owned
     hpa = None
     if workload.hpa:
         hpa = read(
@@ -423,21 +459,45 @@ def _change(
     goal, now_n = target.target, target.current.replicas
     if goal.replicas > now_n:
         _do(run, _replicas_change(run, target, observed, wrec, now_n, goal.replicas, step_reason))
+    ready = [p for p in P.live(observed.pods) if P.is_ready(p)]
+    if goal.cores < target.current.cores and len(ready) < goal.replicas:
+        # Make before break in place too: the running pods shrink only once the replicas
+        # that take over their load are ready (a later run does it).
+        wrec.bound_by.append(
+            f"make before break: pods keep {target.current.cores} cores until "
+            f"{goal.replicas} replicas are ready ({len(ready)} now)"
+        )
+        target = replace(target, target=replace(goal, cores=target.current.cores))
+        goal = target.target
     running, unconfirmed = _resize(run, target, observed, step_reason)
+    needed = min(goal.replicas, (target.needed or goal).replicas) * goal.cores * 1000
     final = goal.replicas
     if unconfirmed and goal.replicas < now_n:
-        final = now_n
+        # Remove only as many replicas as the confirmed CPU allows, counting the worst case:
+        # the ReplicaSet picks which pods go, so the smallest may be the ones that stay. A
+        # reshape that waits for room on the node thus still makes progress, run by run.
+        smallest = sorted(running)
+        final = next(
+            (k for k in range(goal.replicas, now_n) if sum(smallest[:k]) >= needed), now_n
+        )
         wrec.bound_by.append(
-            f"make before break: {now_n} replicas kept until the resized pods are confirmed "
-            f"at {goal.cores} cores"
+            f"make before break: {final} of {now_n} replicas kept until the resized pods are "
+            f"confirmed at {goal.cores} cores"
         )
     template_m = P.template_millicores(observed.deployment, target.workload.container) or 1000
-    # What the Deployment will carry with ``final`` replicas: the pods it runs, as confirmed,
-    # and new ones at the target (resized by a later run once ready, like starting pods).
-    kept = sorted(running, reverse=True)[:final]
+    # What the Deployment will carry with ``final`` replicas: the pods it runs, as confirmed
+    # (the smallest, when some go), and new ones at the target (resized by a later run once
+    # ready, like starting pods).
+    kept = sorted(running)[:final] if final < len(running) else running
     expected = sum(kept) + max(0, final - len(kept)) * goal.cores * 1000
-    needed = min(goal.replicas, (target.needed or goal).replicas) * goal.cores * 1000
     missing = max(0, needed - expected) if running and not run.stopped else 0
+    waiting = [p for p in P.live(observed.pods) if not P.is_scheduled(p)]
+    if missing and waiting:
+        # Pods already wait for room: more would wait too. The record says so.
+        wrec.bound_by.append(
+            f"no fallback replicas: {len(waiting)} pod(s) already Pending without room"
+        )
+        missing = 0
     if missing:
         wanted, note = fallback_replicas(
             final,
@@ -488,6 +548,13 @@ def _do(
     if run.stopped:
         change.outcome = "not attempted"
         return change
+    if not run.dry_run:
+        why = _still_ours(run)
+        if why is not None:
+            change.outcome = "not attempted"
+            run.record.errors.append(f"{change.target}: {why}")
+            run.stopped = True
+            return change
     result = converge(
         read,
         build,
@@ -597,6 +664,9 @@ def _resize(
     if run.dry_run:
         return [], False
     confirmed = _watch_resizes(run, wl, cores, watched) if watched else {}
+    for change, name in watched:
+        if change.resize in ("Infeasible", "Error") and change.direction == "up":
+            _revert(run, wl, name, confirmed.get(name, 0))
     unconfirmed = unconfirmed or any(
         c.resize != "done" and c.direction == "up" for c, _ in watched
     )
@@ -610,6 +680,36 @@ def _resize(
         else:
             running.append(max(target_m, P.desired_millicores(pod, wl.container) or 0))
     return running, unconfirmed
+
+
+def _revert(run: _Run, wl: WorkloadConfig, pod_name: str, allocated_m: int) -> None:
+    """Ask for what the pod runs with again after a resize the kubelet refused for good.
+
+    The scheduler reserves the larger of the desired and the allocated resources of a pod
+    whose resize is pending ("Resize CPU and Memory Resources assigned to Containers",
+    kubernetes.io), so a refused resize left in the spec would keep room from the fallback
+    replicas meant to replace it.
+    """
+    back = max(1, -(-allocated_m // 1000))
+    ns = run.config.namespace
+    change = Change(
+        wl.deployment,
+        "cpu",
+        f"pods/{pod_name}/resize",
+        None,
+        back,
+        "revert a refused resize: the spec would keep reserving the refused CPU on the node",
+    )
+    _do(
+        run,
+        (
+            change,
+            lambda: run.api.pod(ns, pod_name),
+            lambda obj: P.resize_patch(obj, wl.container, back),
+            lambda body, dry_run: run.api.patch_resize(ns, pod_name, body, dry_run=dry_run),
+        ),
+        stop=False,
+    )
 
 
 def _watch_resizes(run: _Run, wl: WorkloadConfig, cores: int, watched) -> dict[str, int]:
@@ -691,7 +791,7 @@ def _observe_after(run: _Run, wrec: WorkloadRecord) -> None:
     try:
         dep = run.api.deployment(ns, wl.deployment)
         labels = (dep.get("spec") or {}).get("selector", {}).get("matchLabels") or {}
-        pods = run.api.pods(ns, labels)
+        pods = P.live(P.owned_by(run.api.pods(ns, labels), wl.deployment))
     except Exception as exc:  # recorded, the run's outcome stands
         run.record.errors.append(f"read back {wl.deployment}: {describe_error(exc)}")
         return

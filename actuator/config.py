@@ -93,9 +93,11 @@ class ServiceConfig:
         hpa_sync_s: the HPA controller's sync period (s; kube-controller-manager
             ``--horizontal-pod-autoscaler-sync-period``, default 15 s): a raised
             ``minReplicas`` takes effect at the next sync.
-        kill_switch: name of the ConfigMap in the service's namespace that pauses the actuator
-            without a redeploy: ``data.paused: "true"`` turns every active run into a record-only
-            run. A ConfigMap that cannot be read (other than not found) pauses it too.
+        kill_switch: the ConfigMap that pauses the actuator without a redeploy: ``name`` (in
+            the service's namespace) or ``namespace/name`` (one switch for a whole fleet).
+            ``data.paused: "true"`` turns every active run into a record-only run and stops a
+            run under way before its next write; a ConfigMap that cannot be read (other than
+            not found) pauses too.
     """
 
     service: str
@@ -118,7 +120,14 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         _name(self.service, "service", _DNS_LABEL)
         _name(self.namespace, "namespace", _DNS_LABEL)
-        _name(self.kill_switch, "kill_switch", _DNS_SUBDOMAIN)
+        if not isinstance(self.kill_switch, str):
+            raise ActuatorInputError("kill_switch: expected name or namespace/name")
+        if "/" in self.kill_switch:
+            ns, name = self.kill_switch.split("/", 1)
+            _name(ns, "kill_switch namespace", _DNS_LABEL)
+            _name(name, "kill_switch", _DNS_SUBDOMAIN)
+        else:
+            _name(self.kill_switch, "kill_switch", _DNS_SUBDOMAIN)
         object.__setattr__(self, "workloads", tuple(self.workloads))
         if not self.workloads:
             raise ActuatorInputError("workloads: name at least one Deployment")
@@ -167,6 +176,14 @@ class ServiceConfig:
     @property
     def active(self) -> bool:
         return self.mode == "active"
+
+    @property
+    def kill_switch_ref(self) -> tuple[str, str]:
+        """(namespace, name) of the kill switch ConfigMap."""
+        if "/" in self.kill_switch:
+            ns, name = self.kill_switch.split("/", 1)
+            return ns, name
+        return self.namespace, self.kill_switch
 
     @property
     def fallback_lead_s(self) -> float:

@@ -23,6 +23,7 @@ Times are the wall clock (epoch seconds, injected), never the run's logical time
 from __future__ import annotations
 
 import pandas as pd
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from actuator.kube import KubeApi, describe_error
@@ -119,7 +120,7 @@ class Lease:
             if exc.status != 404:
                 return f"{self.where} unreadable ({describe_error(exc)}): not acting"
             current = None
-        except (OSError, ValueError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             return f"{self.where} unreadable ({describe_error(exc)}): not acting"
         try:
             if current is None:
@@ -151,7 +152,7 @@ class Lease:
             if exc.status == 409:
                 return f"{self.where} taken by another run at the same time: not acting"
             return f"{self.where} not taken ({describe_error(exc)}): not acting"
-        except (OSError, ValueError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             return f"{self.where} not taken ({describe_error(exc)}): not acting"
         self.held = True
         return None
@@ -175,7 +176,7 @@ class Lease:
                 duration_s=1,
                 release=True,
             )
-        except (ApiException, OSError, ValueError) as exc:
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             return f"{self.where} not released ({describe_error(exc)}): it expires by itself"
         self.held = False
         return None

@@ -77,9 +77,45 @@ def is_ready(pod: dict) -> bool:
 
 
 def live(pods: list[dict]) -> list[dict]:
-    """Pods not being deleted, by name."""
-    alive = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    """Pods not being deleted and not finished (an evicted pod stays listed with phase
+    Failed until it is garbage-collected), by name."""
+    alive = [
+        p
+        for p in pods
+        if not (p.get("metadata") or {}).get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") not in ("Failed", "Succeeded")
+    ]
     return sorted(alive, key=lambda p: p["metadata"]["name"])
+
+
+def owned_by(pods: list[dict], deployment: str) -> list[dict]:
+    """The pods a Deployment's own ReplicaSets control.
+
+    Label selectors of different Deployments may overlap (the API does not prevent it); what
+    keeps them apart is the controller reference. A Deployment's ReplicaSet is named
+    ``<deployment>-<pod-template-hash>`` and labels its pods with that hash
+    (pkg/controller/deployment/sync.go), so a pod belongs to the Deployment when its
+    controller is that ReplicaSet.
+    """
+    out = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        rs_hash = (meta.get("labels") or {}).get("pod-template-hash")
+        for ref in meta.get("ownerReferences") or []:
+            if (
+                ref.get("controller")
+                and ref.get("kind") == "ReplicaSet"
+                and rs_hash
+                and ref.get("name") == f"{deployment}-{rs_hash}"
+            ):
+                out.append(pod)
+                break
+    return out
+
+
+def is_scheduled(pod: dict) -> bool:
+    """Bound to a node (a Pending pod without room is not)."""
+    return bool((pod.get("spec") or {}).get("nodeName"))
 
 
 def typical_cores(pods: list[dict], name: str, default_millicores: int) -> int:
@@ -116,10 +152,11 @@ def resize_state(pod: dict, name: str, target_millicores: int) -> str:
 def settled(pod: dict, name: str, cores: int) -> bool:
     """The pod asks for and runs with ``cores`` (requests, and limits when it has one)."""
     target = cores * 1000
+    request = desired_millicores(pod, name)
     limit = desired_limit_millicores(pod, name)
     return (
-        desired_millicores(pod, name) == target
-        and (limit is None or limit == target)
+        request == target
+        and limit == _limit_for(request, limit, target)
         and allocated_millicores(pod, name) == target
         and resize_state(pod, name, target) == "done"
     )
@@ -130,16 +167,34 @@ def resize_patch(pod: dict, name: str, cores: int) -> dict | None:
     Guaranteed pod stays Guaranteed (a pod without a CPU limit gets none); None when the spec
     already asks for ``cores``."""
     target = cores * 1000
+    request = desired_millicores(pod, name)
     limit = desired_limit_millicores(pod, name)
-    if desired_millicores(pod, name) == target and (limit is None or limit == target):
+    new_limit = _limit_for(request, limit, target)
+    if request == target and limit == new_limit:
         return None
     resources: dict = {"requests": {"cpu": cpu_quantity(cores)}}
-    if has_cpu_limit(pod, name):
-        resources["limits"] = {"cpu": cpu_quantity(cores)}
+    if new_limit is not None:
+        resources["limits"] = {"cpu": _millicores_quantity(new_limit)}
     return {
         "metadata": {"resourceVersion": pod["metadata"]["resourceVersion"]},
         "spec": {"containers": [{"name": name, "resources": resources}]},
     }
+
+
+def _limit_for(request: int | None, limit: int | None, target: int) -> int | None:
+    """The CPU limit that goes with a request of ``target`` millicores: none stays none; a limit
+    equal to the request (Guaranteed CPU) follows it, so the pod stays Guaranteed; a higher
+    limit keeps its headroom above the request, so a Burstable pod stays Burstable (the API
+    server refuses a resize that changes the QoS class)."""
+    if limit is None:
+        return None
+    if request is None or limit == request:
+        return target
+    return target + max(0, limit - request)
+
+
+def _millicores_quantity(millicores: int) -> str:
+    return cpu_quantity(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
 
 
 def scale_patch(scale: dict, replicas: int) -> dict | None:

@@ -7,8 +7,10 @@ the actuator's ServiceAccount. Rules with ``resourceNames`` wherever Kubernetes 
 ``list``, ``watch`` or ``create``, whose requests carry no object name at authorisation time):
 
 * ``deployments`` get, ``deployments/scale`` get + patch: only the allow-listed Deployments;
-* ``horizontalpodautoscalers`` get + patch: only the HPAs the config names; ``list`` only when a
-  Deployment's HPA is looked up rather than named;
+* ``horizontalpodautoscalers`` get + patch: only the HPAs the config names; get + ``list`` (no
+  patch) when a Deployment's HPA is looked up rather than named, so an HPA the config does not
+  name is found and recorded but never moved;
+* ``deployments`` patch only for the services with ``rewrite_template``, scoped to theirs;
 * ``leases`` get + patch: only the services' Leases (``surgecast-<service>``); ``create`` cannot
   be scoped, so it is a rule of its own;
 * ``configmaps`` get: only the kill switch;
@@ -59,8 +61,12 @@ def rbac_manifests(
     by_ns: dict[str, list[ServiceConfig]] = {}
     for svc in services:
         by_ns.setdefault(svc.namespace, []).append(svc)
-    for ns, group in sorted(by_ns.items()):
-        docs.append(_role(ns, group, account))
+    switches: dict[str, set[str]] = {}
+    for svc in services:
+        ns, name = svc.kill_switch_ref
+        switches.setdefault(ns, set()).add(name)
+    for ns in sorted(set(by_ns) | set(switches)):
+        docs.append(_role(ns, by_ns.get(ns, []), account, sorted(switches.get(ns, ()))))
         docs.append(
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -77,12 +83,20 @@ def rbac_manifests(
     return docs
 
 
-def _role(namespace: str, services: Sequence[ServiceConfig], account: str) -> dict:
+def _role(
+    namespace: str, services: Sequence[ServiceConfig], account: str, switches: list[str]
+) -> dict:
+    if not services:  # a namespace that holds only a fleet-wide kill switch
+        return {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": account, "namespace": namespace},
+            "rules": [_rule("", "configmaps", ["get"], switches)],
+        }
     deployments = sorted({w.deployment for s in services for w in s.workloads})
     hpas = sorted({w.hpa for s in services for w in s.workloads if w.hpa})
     look_up_hpas = any(w.hpa is None for s in services for w in s.workloads)
     leases = sorted({lease_name(s.service) for s in services})
-    switches = sorted({s.kill_switch for s in services})
     rules: list[dict] = [
         _rule("apps", "deployments", ["get"], deployments),
         _rule("apps", "deployments/scale", ["get", "patch"], deployments),
@@ -92,15 +106,21 @@ def _role(namespace: str, services: Sequence[ServiceConfig], account: str) -> di
     if hpas:
         rules.append(_rule("autoscaling", "horizontalpodautoscalers", ["get", "patch"], hpas))
     if look_up_hpas:
-        # Finding the HPA that targets a Deployment needs list, which names cannot scope; the
-        # HPA found is then read and patched by name, so get/patch stay unscoped only here.
-        rules.append(_rule("autoscaling", "horizontalpodautoscalers", ["get", "list", "patch"]))
+        # Finding the HPA that targets a Deployment needs list, which names cannot scope; no
+        # unscoped patch is granted, so an HPA is moved only if the config names it.
+        rules.append(_rule("autoscaling", "horizontalpodautoscalers", ["get", "list"]))
+    rewrites = sorted(
+        {w.deployment for s in services if s.rewrite_template for w in s.workloads}
+    )
+    if rewrites:
+        rules.append(_rule("apps", "deployments", ["patch"], rewrites))
     rules += [
         _rule("coordination.k8s.io", "leases", ["get", "patch"], leases),
         _rule("coordination.k8s.io", "leases", ["create"]),
-        _rule("", "configmaps", ["get"], switches),
         _rule("", "events", ["create"]),
     ]
+    if switches:
+        rules.append(_rule("", "configmaps", ["get"], switches))
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",

@@ -217,20 +217,28 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def append_record(root: Path, record: DecisionRecord, now: pd.Timestamp) -> Path:
-    """Add ``record`` as one JSON line to the day's file, atomically; return the file.
+    """Add ``record`` as one JSON line to the day's file; return the file.
 
-    The file is rewritten whole (temporary file + rename), so a crash never leaves a truncated
-    line; a line truncated by anything else stays on its own line and is skipped by readers.
+    One ``write`` of the whole line to a file opened with ``O_APPEND``, then fsync: two runs
+    appending at once (an acting run and one that only records) both land, whole. A line left
+    truncated by a crash is closed with a newline first, so it stays on its own line, and
+    readers skip and report it.
     """
     path = record_path(root, record.service, now)
-    line = json.dumps(record.to_dict(), sort_keys=True, default=str).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record.to_dict(), sort_keys=True, default=str).encode("utf-8") + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        old = path.read_bytes()
-    except FileNotFoundError:
-        old = b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    atomic_write(path, old + line + b"\n")
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return path
 
 
@@ -346,6 +354,8 @@ def event_body(record: DecisionRecord, namespace: str, deployment: dict, now: pd
     name = meta.get("name", "unknown")
     if record.refused:
         reason, kind = "SurgecastRefused", "Warning"
+    elif record.held:
+        reason, kind = "SurgecastHeld", "Warning"
     elif record.errors:
         reason, kind = "SurgecastFailed", "Warning"
     elif record.mode == "shadow":

@@ -580,7 +580,8 @@ class ServiceSettings:
     """Also write the target cores into the pod template while the load is stable."""
 
     kill_switch: str = "surgecast-control"
-    """ConfigMap in the service's namespace whose ``data.paused: "true"`` pauses the actuator."""
+    """ConfigMap whose ``data.paused: "true"`` pauses the actuator: a name in the service's
+    namespace, or ``namespace/name`` for one switch across namespaces."""
 
     data: DataSettings = DataSettings()
     """Checks on the RPS history."""
@@ -593,7 +594,12 @@ class ServiceSettings:
         if not self.query.strip() or len(self.query) > 10_000 or "\x00" in self.query:
             raise _FieldError("query", "must be a PromQL expression (at most 10000 characters)")
         check_name(self.namespace, "namespace", DNS_LABEL)
-        check_name(self.kill_switch, "kill_switch", DNS_SUBDOMAIN)
+        if "/" in self.kill_switch:
+            switch_ns, switch = self.kill_switch.split("/", 1)
+            check_name(switch_ns, "kill_switch", DNS_LABEL)
+            check_name(switch, "kill_switch", DNS_SUBDOMAIN)
+        else:
+            check_name(self.kill_switch, "kill_switch", DNS_SUBDOMAIN)
         if self.mode not in MODES:
             raise _FieldError("mode", f"{_show(self.mode)} is not one of {', '.join(MODES)}")
         if not (math.isfinite(self.slo_ms) and self.slo_ms > 0):

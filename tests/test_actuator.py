@@ -431,8 +431,11 @@ def test_resize_infeasible_falls_back_to_replicas(fake, tmp_path):
     assert [(c.what, c.outcome, c.resize) for c in record.changes] == [
         ("cpu", "applied", "Infeasible"),
         ("cpu", "applied", "Infeasible"),
+        ("cpu", "applied", None),  # reverted to 2 cores: the refused 17 reserves nothing
+        ("cpu", "applied", None),
         ("fallback replicas", "applied", None),
     ]
+    assert fake.state(DEP)["desired_millicores"][:2] == [2000, 2000]
     # 2 pods short of 15 cores each = 30 cores; new pods start at the template's 2 cores, so
     # 15 more would be needed; the step limit (4 pods or 100 % per run) allows 6 replicas.
     assert record.changes[-1].after == 6 and fake.state(DEP)["replicas"] == 6
@@ -465,8 +468,11 @@ def test_static_cpu_manager_refusal_falls_back_to_replicas(tmp_path):
         h.add_deployment(DEP, replicas=2, cores=2)
         record = run(h, surge_plan(h.now(), replicas=2, cores=3), service(), tmp_path)
         assert [c.resize for c in record.changes[:2]] == ["Infeasible", "Infeasible"]
-        # 2 pods short of 1 core each: one more pod of 3 cores.
-        assert record.changes[2].what == "fallback replicas" and record.changes[2].after == 3
+        # 2 pods short of 1 core each: one more pod of the template's 2 cores; the refused
+        # resizes are reverted first so the spec reserves nothing it cannot get.
+        (fallback,) = [c for c in record.changes if c.what == "fallback replicas"]
+        assert fallback.after == 3
+        assert [c.after for c in record.changes[2:4]] == [2, 2]
         assert h.state(DEP)["replicas"] == 3
     finally:
         h.close()
@@ -487,7 +493,8 @@ def test_a_resize_the_kubelet_cannot_actuate_falls_back_to_replicas(fake, tmp_pa
     )
     assert [c.resize for c in record.changes[:2]] == [resize, resize]
     assert fake.state(DEP)["ready_millicores"] == [2000, 2000]  # the kubelet kept them
-    assert record.changes[2].what == "fallback replicas" and record.changes[2].after == 3
+    (fallback,) = [c for c in record.changes if c.what == "fallback replicas"]
+    assert fallback.after == 3
     assert fake.state(DEP)["replicas"] == 3
 
 

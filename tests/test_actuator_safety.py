@@ -421,3 +421,68 @@ def test_rbac_command_writes_the_scoped_role_for_the_config(tmp_path):
     assert verbs <= {"get", "list", "patch", "create"}
     bad = CliRunner().invoke(app, ["rbac", "--config", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_one_kill_switch_can_pause_a_fleet_across_namespaces(tmp_path):
+    cfg = service(kill_switch="ops/surgecast-control")
+    rbac = tmp_path / "rbac.yaml"
+    docs = rbac_manifests([cfg])
+    (ops,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == "ops"]
+    assert ops["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "verbs": ["get"],
+            "resourceNames": ["surgecast-control"],
+        }
+    ]
+    rbac.write_text(yaml.safe_dump_all(docs))
+    h = FakeHarness(nodes=[Node("node-1", 64_000)], rbac_files=[rbac], request_timeout_s=0.3)
+    try:
+        h.add_deployment(DEP, replicas=2, cores=2)
+        assert run(h, plan_for(h.now(), 3, 2), cfg, tmp_path).held is None
+        assert h.state(DEP)["replicas"] == 3
+        h.cluster.put(
+            "configmaps",
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "surgecast-control", "namespace": "ops"},
+                "data": {"paused": "true"},
+            },
+        )
+        paused = run(h, plan_for(h.now(), 6, 2), cfg, tmp_path)
+        assert paused.held and "ops" not in (paused.refused or "")
+        assert "kill switch" in paused.held and h.state(DEP)["replicas"] == 3
+    finally:
+        h.close()
+
+
+def test_a_reshape_short_of_node_room_makes_progress_and_never_breaks(tmp_path):
+    """8 x 1 core -> 2 x 4 cores on a 16-core node: only 2 pods can grow while all 8 run, so
+    the rest stay Deferred. Replicas go only as far as the confirmed CPU allows (counting the
+    smallest pods as the ones that stay), which frees room run by run until the shape is
+    reached; ready capacity never drops below the 8 cores planned."""
+    h = FakeHarness(nodes=[Node("node-1", 16_000)], request_timeout_s=0.3)
+    try:
+        h.add_deployment(DEP, replicas=8, cores=1)
+        low = []
+        for _ in range(8):
+            run(
+                h,
+                plan_for(h.now(), 2, 4, kind="scale-in"),
+                service(resize_timeout_s=10.0),
+                tmp_path,
+                floors=quiet_floor(),
+                sleep=lambda s: (h.sleep(s), low.append(ready_cores(h))),
+            )
+            for _ in range(31):
+                h.advance(10.0)
+                low.append(ready_cores(h))
+            if h.state(DEP)["replicas"] == 2:
+                break
+        state = h.state(DEP)
+        assert state["replicas"] == 2 and state["ready_millicores"] == [4000, 4000]
+        assert min(low) >= 8.0
+    finally:
+        h.close()

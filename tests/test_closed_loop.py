@@ -347,7 +347,11 @@ def _minute_capacity_holds(plan, start, forecast, *, late: bool, tmp_path) -> bo
         def probe(t):
             for k, m in enumerate(minutes):
                 if t == m:
-                    batch = max(s.batch[0] for s in plan.steps)
+                    # the batch of the shape in effect: the start's, then each step's
+                    batch = start.batch
+                    for step in plan.steps:
+                        if step.effective_at <= t:
+                            batch = step.batch[0]
                     ok.append(ready_rps(h, batch) >= headroom_rps(forecast[k]) * (1 - 1e-9))
 
         drive(h, plan, cfg, tmp_path, until=minutes[-1], every_s=60.0, probe=probe, step_s=5.0)
