@@ -415,6 +415,15 @@ def _observe(run: _Run, workload: WorkloadConfig, wrec: WorkloadRecord) -> _Obse
         if hpas is None:
             return None
         hpa = P.hpa_for(hpas, name)
+        if hpa is not None:
+            # An HPA scales this Deployment but the config does not name it: writing the scale
+            # would fight it, and moving an HPA nobody allow-listed is not ours to do.
+            found = hpa["metadata"]["name"]
+            run.record.errors.append(
+                f"deployments/{name} is scaled by horizontalpodautoscalers/{found}, which the "
+                f"service config does not name (hpa: {found}): not touched"
+            )
+            return None
     wrec.hpa = None if hpa is None else hpa["metadata"]["name"]
     template_m = P.template_millicores(deployment, workload.container)
     if template_m is None:

@@ -245,7 +245,10 @@ def test_with_an_hpa_the_actuator_moves_min_replicas_not_the_scale(fake, tmp_pat
     t0 = fake.clock.now
     fake.cluster.add_hpa("inference", "resnet18-hpa", DEP, min_replicas=2, max_replicas=10)
     fake.cluster.set_hpa_utilisation("resnet18-hpa", 70)  # at its target: the metric holds
-    record = run(fake, surge_plan(fake.now(), cores=2), service(), tmp_path)
+    # Not named in the config: found, recorded and left alone (no scale write either).
+    unnamed = run(fake, surge_plan(fake.now(), cores=2), service(), tmp_path)
+    assert unnamed.changes == [] and "does not name" in unnamed.errors[-1]
+    record = run(fake, surge_plan(fake.now(), cores=2), service(hpa="resnet18-hpa"), tmp_path)
     assert outcomes(record) == [("hpa minReplicas", "applied")]
     assert record.workloads[0].hpa == "resnet18-hpa"
     # The HPA acts at its next sync (every 15 s), not when its spec changes.
@@ -267,7 +270,7 @@ def test_with_an_hpa_the_actuator_moves_min_replicas_not_the_scale(fake, tmp_pat
         750.0,
         (DEP,),
     )
-    record = run(fake, down, service(), tmp_path, floors=quiet())
+    record = run(fake, down, service(hpa="resnet18-hpa"), tmp_path, floors=quiet())
     assert outcomes(record) == [("hpa minReplicas", "applied")]
     assert fake.state(DEP)["hpa_min"] == 3 and fake.state(DEP)["replicas"] == 5
     _hpa_at(fake, t0, 690)
@@ -289,7 +292,8 @@ def test_an_hpa_above_the_planned_minimum_keeps_its_count(fake, tmp_path):
     fake.cluster.set_hpa_utilisation("resnet18-hpa", 70)  # the load now spread over 8 pods
     _hpa_at(fake, t0, 50)  # the new pods are ready
     plan = surge_plan(fake.now(), replicas=5, cores=2, kind="hold", lead_s=0)
-    record = run(fake, plan, service(), tmp_path, last_scale_up_s=t0 - 3600)
+    cfg = service(hpa="resnet18-hpa")
+    record = run(fake, plan, cfg, tmp_path, last_scale_up_s=t0 - 3600)
     assert [(c.what, c.after) for c in record.changes] == [("hpa minReplicas", 5)]
     _hpa_at(fake, t0, 400)
     state = fake.state(DEP)
@@ -298,7 +302,7 @@ def test_an_hpa_above_the_planned_minimum_keeps_its_count(fake, tmp_path):
         return len([w for w in fake.server.writes() if "/leases/" not in w[1]])
 
     before = writes()
-    again = run(fake, plan, service(), tmp_path, now=fake.now(), last_scale_up_s=t0 - 3600)
+    again = run(fake, plan, cfg, tmp_path, now=fake.now(), last_scale_up_s=t0 - 3600)
     assert outcomes(again) == []
     assert writes() == before
     assert not any("/scale" in p for _, p, _ in fake.server.writes())
