@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from surgecast.dag_support import load_config, run_now
+from surgecast.live.dag_support import load_config, run_now
 
 SCHEDULE = os.environ.get("SURGECAST_ACCURACY_SCHEDULE", "@daily")
 
@@ -38,7 +38,7 @@ def surgecast_accuracy():
 
     @task
     def accuracy(service: str) -> str:
-        from surgecast.pipeline import accuracy as stage
+        from surgecast.live.pipeline import accuracy as stage
 
         return stage(load_config(), service, run_now())
 

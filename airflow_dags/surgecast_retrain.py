@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from surgecast.dag_support import load_config, run_now
+from surgecast.live.dag_support import load_config, run_now
 
 SCHEDULE = os.environ.get("SURGECAST_RETRAIN_SCHEDULE", "@daily")
 
@@ -40,13 +40,13 @@ def surgecast_retrain():
 
     @task
     def retrain(service: str) -> str:
-        from surgecast.pipeline import retrain as stage
+        from surgecast.live.pipeline import retrain as stage
 
         return stage(load_config(), service, run_now())
 
     @task(trigger_rule="all_done")
     def prune() -> int:
-        from surgecast.pipeline import prune as stage
+        from surgecast.live.pipeline import prune as stage
 
         return len(stage(load_config(), run_now()))
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import dag, task, task_group
 
-from surgecast.dag_support import load_config, run_now
+from surgecast.live.dag_support import load_config, run_now
 
 SCHEDULE = os.environ.get("SURGECAST_SCALE_SCHEDULE", "*/5 * * * *")
 
@@ -44,25 +44,25 @@ def surgecast_scale():
 
     @task
     def ingest(service: str) -> str:
-        from surgecast.pipeline import ingest as stage
+        from surgecast.live.pipeline import ingest as stage
 
         return stage(load_config(), service, run_now())
 
     @task
     def forecast(service: str, history_uri: str) -> str:
-        from surgecast.pipeline import forecast as stage
+        from surgecast.live.pipeline import forecast as stage
 
         return stage(load_config(), service, history_uri, run_now())
 
     @task
     def plan(service: str, forecast_uri: str) -> str:
-        from surgecast.pipeline import plan as stage
+        from surgecast.live.pipeline import plan as stage
 
         return stage(load_config(), service, forecast_uri, run_now())
 
     @task
     def actuate(service: str, plan_uri: str) -> str:
-        from surgecast.pipeline import actuate as stage
+        from surgecast.live.pipeline import actuate as stage
 
         return stage(load_config(), service, plan_uri, run_now())
 

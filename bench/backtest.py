@@ -32,7 +32,7 @@ TRAIN_DAYS = 4.0
 
 def _load():
     from planner.profiles import bundled_profile, load_pipeline
-    from surgecast.sources import bundled_trace, load_rps_csv
+    from surgecast.offline.sources import bundled_trace, load_rps_csv
 
     rps = load_rps_csv(bundled_trace("twitter_1min.csv"))
     return rps, load_pipeline(bundled_profile("resnet18"))
@@ -40,7 +40,7 @@ def _load():
 
 def _policy_run(policy: str, days: float, queue) -> None:
     from forecasting.decomposition import warm_up
-    from surgecast.backtest import BacktestSettings, run_backtest
+    from surgecast.offline.backtest import BacktestSettings, run_backtest
 
     rps, pipeline = _load()
     start = rps.index[0] + pd.Timedelta(days=TRAIN_DAYS)
@@ -61,9 +61,9 @@ def _policy_run(policy: str, days: float, queue) -> None:
 def _simulator_alone(days: float, queue) -> None:
     from actuator.guards import Bounds, within_bounds
     from planner.dp import horizontal
-    from surgecast.backtest import per_second_arrivals
-    from surgecast.policies import Static
-    from surgecast.simulator import SimulationSettings, simulate
+    from surgecast.offline.backtest import per_second_arrivals
+    from surgecast.offline.policies import Static
+    from surgecast.offline.simulator import SimulationSettings, simulate
 
     rps, pipeline = _load()
     start = rps.index[0] + pd.Timedelta(days=TRAIN_DAYS)
@@ -97,7 +97,7 @@ def _in_child(target, *args):
 
 
 def main() -> None:
-    from surgecast.backtest import POLICIES
+    from surgecast.offline.backtest import POLICIES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=float, default=7.0)

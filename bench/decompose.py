@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from forecasting.decomposition import NOISE_MODES, CeemdanSettings, ceemdan, warm_up
-from surgecast.sources import bundled_trace, load_rps_csv
+from surgecast.offline.sources import bundled_trace, load_rps_csv
 
 
 def windows(n: int, count: int) -> list[np.ndarray]:

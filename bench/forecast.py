@@ -23,8 +23,8 @@ import pandas as pd
 
 from forecasting.decomposition import warm_up
 from forecasting.models import MODELS, make_model
-from surgecast.sources import bundled_trace, load_rps_csv
-from surgecast.stages import forecast_report
+from surgecast.offline.sources import bundled_trace, load_rps_csv
+from surgecast.offline.stages import forecast_report
 
 
 def main() -> None:

@@ -259,7 +259,7 @@ def decompose(
     import json
 
     from forecasting.decomposition import BACKENDS
-    from surgecast.stages import check_output_file, decompose_trace, write_text_atomic
+    from surgecast.offline.stages import check_output_file, decompose_trace, write_text_atomic
 
     if backend not in BACKENDS:
         raise _fail(f"--backend: unknown {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -321,7 +321,7 @@ def _write_plot(result, plot: Path) -> None:
     import os
     import tempfile
 
-    from surgecast.plots import plot_decomposition
+    from surgecast.offline.plots import plot_decomposition
 
     fd, tmp = tempfile.mkstemp(prefix=f".{plot.name}.", suffix=plot.suffix, dir=plot.parent)
     os.close(fd)
@@ -360,7 +360,7 @@ def forecast_report_cmd(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from forecasting.models import MODELS
-    from surgecast.stages import check_output_dir, forecast_report
+    from surgecast.offline.stages import check_output_dir, forecast_report
 
     names = _names(models, "--models", list(MODELS))
     _step(step)
@@ -434,7 +434,7 @@ def forecast(
     import json
 
     from forecasting.models import MODELS
-    from surgecast.stages import check_output_file, forecast_at, write_text_atomic
+    from surgecast.offline.stages import check_output_file, forecast_at, write_text_atomic
 
     if model not in MODELS:
         raise _fail(f"--model: unknown {model!r}; choose from {', '.join(MODELS)}")
@@ -553,6 +553,7 @@ def plan(
     import json
 
     from planner.policy import PolicySettings
+    from surgecast.offline.stages import check_output_file, parse_utc, write_text_atomic
     from surgecast.planning import (
         decide,
         load_profile,
@@ -560,7 +561,6 @@ def plan(
         plan_from_forecast,
         read_forecast_json,
     )
-    from surgecast.stages import check_output_file, parse_utc, write_text_atomic
 
     if forecast_file is None:
         if rps is None:
@@ -780,8 +780,8 @@ def backtest(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from forecasting.models import MODELS
-    from surgecast.backtest import POLICIES, BacktestSettings
-    from surgecast.stages import backtest_trace, check_output_dir
+    from surgecast.offline.backtest import POLICIES, BacktestSettings
+    from surgecast.offline.stages import backtest_trace, check_output_dir
 
     names = tuple(_names(policies, "--policies", list(POLICIES)))
     if model not in MODELS:
@@ -934,8 +934,8 @@ def apply_cmd(
 ) -> None:
     """Apply a plan's due steps to the cluster through the guards; one line per change."""
     from actuator.errors import ActuatorInputError
-    from surgecast.actuation import apply_plan_file
-    from surgecast.stages import check_output_dir, parse_utc
+    from surgecast.live.actuation import apply_plan_file
+    from surgecast.offline.stages import check_output_dir, parse_utc
 
     if active and service_config is None:
         raise _fail(
@@ -1039,10 +1039,10 @@ def run_cmd(
 
     import pandas as pd
 
-    from surgecast.pipeline import prune as prune_store
-    from surgecast.pipeline import run_once
+    from surgecast.live.pipeline import prune as prune_store
+    from surgecast.live.pipeline import run_once
+    from surgecast.offline.stages import parse_utc
     from surgecast.settings import load_settings
-    from surgecast.stages import parse_utc
 
     if now is not None and not once:
         raise _fail("--now: only with --once (a loop takes its time from the clock)")
@@ -1106,8 +1106,8 @@ def rbac_cmd(
 
     from actuator.errors import ActuatorInputError
     from actuator.rbac import rbac_manifests
+    from surgecast.offline.stages import check_output_file, write_text_atomic
     from surgecast.settings import load_settings
-    from surgecast.stages import check_output_file, write_text_atomic
 
     try:
         if config.exists() and not config.is_file():

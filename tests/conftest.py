@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from surgecast.sources import load_rps_csv
+from surgecast.offline.sources import load_rps_csv
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"

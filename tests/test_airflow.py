@@ -21,7 +21,7 @@ import promtest
 import pytest
 from kubeapi.harness import FakeHarness
 
-from surgecast.artifacts import ArtifactStore
+from surgecast.live.artifacts import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "airflow_dags"

@@ -11,7 +11,7 @@ import threading
 import pandas as pd
 import pytest
 
-from surgecast.artifacts import KINDS, ArtifactError, ArtifactStore, check_service_name
+from surgecast.live.artifacts import KINDS, ArtifactError, ArtifactStore, check_service_name
 
 T = pd.Timestamp("2024-03-05T10:05:00Z")
 

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from planner.profiles import bundled_profile, load_pipeline
-from surgecast.backtest import (
+from surgecast.cli import app
+from surgecast.offline.backtest import (
     POLICIES,
     BacktestSettings,
     ModelForecaster,
@@ -19,9 +20,8 @@ from surgecast.backtest import (
     run_backtest,
     write_results,
 )
-from surgecast.cli import app
-from surgecast.policies import HPA
-from surgecast.simulator import ClusterView, StageView
+from surgecast.offline.policies import HPA
+from surgecast.offline.simulator import ClusterView, StageView
 
 RESNET = load_pipeline(bundled_profile("resnet18"))
 START = pd.Timestamp("2024-03-04T00:00:00Z")

@@ -806,8 +806,8 @@ def command():
     50 ms, more than refusing an input does. The stage modules the commands import lazily are
     imported here too, so a case's time budget measures the refusal, not the first import."""
     import forecasting.models  # noqa: F401
-    import surgecast.backtest
-    import surgecast.pipeline
+    import surgecast.live.pipeline
+    import surgecast.offline.backtest
     import surgecast.planning  # noqa: F401
 
     return typer.main.get_command(app)

@@ -19,7 +19,7 @@ from forecasting.cleaning import (
     validate_rps,
 )
 from forecasting.errors import BadInputError
-from surgecast.sources import bundled_trace, load_rps_csv
+from surgecast.offline.sources import bundled_trace, load_rps_csv
 
 SHARED_TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 T0 = pd.Timestamp("2024-01-01T00:00:00Z")

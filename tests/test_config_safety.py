@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 
 from actuator.apply import RunOptions
 from actuator.kube import RetryPolicy
-from surgecast.artifacts import ArtifactStore
 from surgecast.cli import app
-from surgecast.pipeline import run_service
+from surgecast.live.artifacts import ArtifactStore
+from surgecast.live.pipeline import run_service
 from surgecast.settings import MAX_CONFIG_BYTES, SettingsError, load_settings
 
 SERVICE = """\

@@ -30,11 +30,11 @@ from forecasting.model_state import (
     state_from_files,
 )
 from forecasting.models import MODELS, make_model
-from surgecast import model_store
-from surgecast.artifacts import ArtifactStore
-from surgecast.pipeline import MODEL_FORMAT, forecast, load_model, usable_model
+from surgecast.live import model_store
+from surgecast.live.artifacts import ArtifactStore
+from surgecast.live.pipeline import MODEL_FORMAT, forecast, load_model, usable_model
+from surgecast.offline.sources import load_rps_csv
 from surgecast.settings import settings_from_dict
-from surgecast.sources import load_rps_csv
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 STEP = pd.Timedelta(minutes=5)

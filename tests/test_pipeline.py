@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from actuator.apply import RunOptions
 from actuator.kube import RetryPolicy
-from surgecast.artifacts import ArtifactStore
 from surgecast.cli import app
-from surgecast.pipeline import accuracy, forecast, ingest, retrain, run_once, run_service
+from surgecast.live.artifacts import ArtifactStore
+from surgecast.live.pipeline import accuracy, forecast, ingest, retrain, run_once, run_service
 from surgecast.settings import load_settings
 
 pytestmark = pytest.mark.skipif(

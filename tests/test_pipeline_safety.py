@@ -31,9 +31,9 @@ from typer.testing import CliRunner
 
 from actuator.apply import RunOptions
 from actuator.kube import RetryPolicy
-from surgecast.artifacts import KINDS, ArtifactStore
 from surgecast.cli import app
-from surgecast.pipeline import (
+from surgecast.live.artifacts import KINDS, ArtifactStore
+from surgecast.live.pipeline import (
     Budget,
     actuate,
     forecast,
@@ -42,7 +42,7 @@ from surgecast.pipeline import (
     run_once,
     run_service,
 )
-from surgecast.prometheus import PrometheusSource
+from surgecast.live.prometheus import PrometheusSource
 from surgecast.settings import Settings, load_settings
 
 pytestmark = pytest.mark.skipif(

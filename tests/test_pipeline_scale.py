@@ -17,9 +17,9 @@ import pytest
 from kubeapi.harness import FakeHarness
 from typer.testing import CliRunner
 
-from surgecast.artifacts import ArtifactStore
 from surgecast.cli import app
-from surgecast.pipeline import run_once
+from surgecast.live.artifacts import ArtifactStore
+from surgecast.live.pipeline import run_once
 from surgecast.settings import load_settings
 
 pytestmark = pytest.mark.skipif(

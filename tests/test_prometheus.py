@@ -20,7 +20,7 @@ import pandas as pd
 import promtest
 import pytest
 
-from surgecast.prometheus import (
+from surgecast.live.prometheus import (
     MAX_ANSWER_BYTES,
     PrometheusSource,
     SourceError,
@@ -29,8 +29,8 @@ from surgecast.prometheus import (
     grid,
     jump_reference,
 )
+from surgecast.offline.sources import load_rps_csv
 from surgecast.settings import AuthSettings, DataSettings, PrometheusSettings
-from surgecast.sources import load_rps_csv
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = pd.Timestamp("2024-01-01T00:00:00Z")

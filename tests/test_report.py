@@ -1,4 +1,4 @@
-"""Tests for surgecast.report: metrics.json contents and the self-contained HTML page."""
+"""Tests for surgecast.offline.report: metrics.json contents and the self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from forecasting.errors import BadInputError
 from forecasting.metrics import model_metrics
-from surgecast.report import mase_verdict, write_forecast_report
+from surgecast.offline.report import mase_verdict, write_forecast_report
 
 T0 = pd.Timestamp("2024-03-01T00:00:00Z")
 ORIGINS = 50

@@ -15,7 +15,7 @@ from des import ReplicaTimeline, timeline_latencies_ms
 from actuator.guards import Bounds, within_bounds
 from planner.dp import StageConfig
 from planner.profiles import LatencyProfile, Pipeline
-from surgecast.simulator import (
+from surgecast.offline.simulator import (
     SimulationSettings,
     batch_service_ms,
     count_violations,

@@ -1,4 +1,4 @@
-"""Tests for surgecast.sources: CSV refusals, the bundled traces and bundled-file lookup."""
+"""Tests for surgecast.offline.sources: CSV refusals, the bundled traces and bundled-file lookup."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import surgecast
 from forecasting.cleaning import infer_step
 from forecasting.errors import BadInputError
-from surgecast.sources import DEFAULT_TRACE, bundled_trace, load_rps_csv
+from surgecast.offline.sources import DEFAULT_TRACE, bundled_trace, load_rps_csv
 
 SHARED_TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 HEADER = "timestamp,rps\n"

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from surgecast.report import _CSS, _img, _new_figure, _png_bytes, _settings_html
-from surgecast.simulator import per_minute
+from surgecast.offline.report import _CSS, _img, _new_figure, _png_bytes, _settings_html
+from surgecast.offline.simulator import per_minute
 
 if TYPE_CHECKING:
-    from surgecast.backtest import BacktestResult
+    from surgecast.offline.backtest import BacktestResult
 
 _COLOURS = {
     "hpa": "#d62728",

@@ -45,7 +45,7 @@ from forecasting.model_state import (
     state_files,
     state_from_files,
 )
-from surgecast.artifacts import ArtifactStore, Entry
+from surgecast.live.artifacts import ArtifactStore, Entry
 from surgecast.settings import ServiceSettings
 
 MODEL_FORMAT = 2

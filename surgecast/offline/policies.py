@@ -34,7 +34,7 @@ from planner.dp import Decision, StageConfig, horizontal, vertical
 from planner.policy import ClusterState, PolicySettings, plan_two_stage
 from planner.profiles import Pipeline
 from planner.queueing import headroom_rps
-from surgecast.simulator import ClusterView
+from surgecast.offline.simulator import ClusterView
 
 OBSERVE_WINDOW_S = 5
 """Seconds of arrivals behind the observed load the reactive policies act on."""

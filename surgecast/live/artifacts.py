@@ -45,7 +45,7 @@ from forecasting.errors import BadInputError
 KINDS = ("history", "forecasts", "plans", "decisions", "models", "accuracy")
 """history: the RPS history a run read; forecasts: Forecast.to_dict; plans: Plan.to_dict;
 decisions: decision records; models: fitted models (JSON metadata and state, npy residuals,
-LightGBM model text; see :mod:`surgecast.model_store`, never pickle); accuracy: daily accuracy
+LightGBM model text; see :mod:`surgecast.live.model_store`, never pickle); accuracy: daily accuracy
 reports."""
 
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")

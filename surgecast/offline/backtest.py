@@ -26,8 +26,8 @@ from forecasting.models import CeemdanHybrid
 from planner.dp import StageConfig, horizontal
 from planner.policy import PolicySettings
 from planner.profiles import Pipeline
-from surgecast.policies import HPA, VPA, Proactive, Static, ThemisReactive
-from surgecast.simulator import (
+from surgecast.offline.policies import HPA, VPA, Proactive, Static, ThemisReactive
+from surgecast.offline.simulator import (
     SimulationResult,
     SimulationSettings,
     StageView,
@@ -485,7 +485,7 @@ def write_results(result: BacktestResult, out: Path) -> tuple[Path, Path]:
     """Write DIR/results.json and DIR/report.html."""
     import json
 
-    from surgecast.backtest_report import render_backtest_html
+    from surgecast.offline.backtest_report import render_backtest_html
 
     out.mkdir(parents=True, exist_ok=True)
     js = out / "results.json"

@@ -14,7 +14,7 @@ import pandas as pd
 from forecasting.cleaning import clean_window
 from forecasting.decomposition import BACKENDS, Decomposition, decompose, warm_up
 from forecasting.errors import BadInputError
-from surgecast.sources import DEFAULT_TRACE, bundled_trace, load_rps_csv
+from surgecast.offline.sources import DEFAULT_TRACE, bundled_trace, load_rps_csv
 
 
 def resolve_trace(trace: str | Path | None) -> Path:
@@ -312,7 +312,7 @@ def forecast_report(
     from forecasting.evaluation import rolling_origin, select_model
     from forecasting.metrics import model_metrics, seasonal_naive_scale
     from forecasting.models import MODELS, steps_per_day
-    from surgecast.report import write_forecast_report
+    from surgecast.offline.report import write_forecast_report
 
     names = list(MODELS) if models is None else list(models)
     if not names:
@@ -451,7 +451,7 @@ def backtest_trace(
     from dataclasses import replace
 
     from planner.errors import PlannerInputError
-    from surgecast.backtest import BacktestSettings, run_backtest, write_results
+    from surgecast.offline.backtest import BacktestSettings, run_backtest, write_results
     from surgecast.planning import load_profile
 
     settings = settings or BacktestSettings()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from surgecast.stages import DecompositionResult
+    from surgecast.offline.stages import DecompositionResult
 
 
 def plot_decomposition(result: DecompositionResult, path: Path) -> Path:

@@ -43,16 +43,16 @@ from forecasting.cleaning import format_time
 from forecasting.errors import BadInputError
 from planner.errors import PlannerInputError
 from planner.plan import Plan, iso, utc_timestamp
-from surgecast import model_store
-from surgecast.artifacts import ArtifactError, ArtifactStore, Entry
-from surgecast.prometheus import PrometheusSource, SourceError, check_history
+from surgecast.live import model_store
+from surgecast.live.artifacts import ArtifactError, ArtifactStore, Entry
+from surgecast.live.prometheus import PrometheusSource, SourceError, check_history
 from surgecast.settings import ServiceSettings, Settings
 
 PIPELINE_JOB = "surgecast_pipeline"
 """Pushgateway job of the pipeline's run metrics (the actuator pushes ``surgecast_actuator``)."""
 
 MODEL_FORMAT = model_store.MODEL_FORMAT
-"""Version of the stored model layout (data only, see ``surgecast.model_store``); a model of
+"""Version of the stored model layout (data only, see ``surgecast.live.model_store``); a model of
 another version, such as a pickle of version 1, is never loaded: it is refitted."""
 
 DEFAULT_RUN_TIMEOUT_S = 120.0
@@ -222,7 +222,7 @@ def usable_model(store: ArtifactStore, svc: ServiceSettings, now: pd.Timestamp) 
 
     A newest model that must not be used (corrupt, another format, outside the store) is not
     passed over for an older one: None, and the forecast stage refits and says why
-    (:func:`surgecast.model_store.find`).
+    (:func:`surgecast.live.model_store.find`).
     """
     return model_store.find(store, svc, now).entry
 
@@ -230,7 +230,7 @@ def usable_model(store: ArtifactStore, svc: ServiceSettings, now: pd.Timestamp) 
 def fit_and_store(
     store: ArtifactStore, svc: ServiceSettings, rps: pd.Series, now: pd.Timestamp
 ) -> tuple[Any, str]:
-    """Fit the service's model on ``rps`` and store it as data (``surgecast.model_store``);
+    """Fit the service's model on ``rps`` and store it as data (``surgecast.live.model_store``);
     return (model, URI of its metadata).
 
     Raises:
@@ -764,7 +764,7 @@ def _actuate(settings, svc, plan_doc, now, record, *, api, options) -> None:
         return
     # The plan names the service the actuator touches and the folder its record goes to:
     # only this service's own plan is applied, whatever a plan file says (see also
-    # surgecast.artifacts.check_service_name).
+    # surgecast.live.artifacts.check_service_name).
     if result_plan.service != svc.name or plan_doc.get("service") != svc.name:
         record["error"] = _error(
             "actuate",
