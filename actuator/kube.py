@@ -17,12 +17,12 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
 
 from actuator.errors import ActuatorInputError
 
@@ -36,20 +36,19 @@ RETRIABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 def cpu_millicores(quantity: Any) -> int:
     """A CPU quantity (``"2"``, ``"500m"``, ``"1.5"``, ``2``) in millicores (rounded up).
 
+    Parsed by the client's own ``kubernetes.utils.parse_quantity`` (every suffix the API server
+    accepts); a negative, infinite or binary-suffixed (``Ki``, ``Mi``: memory, not CPU) value is
+    refused.
+
     Raises:
         ValueError: not a CPU quantity.
     """
     text = str(quantity).strip()
+    if text.endswith("i"):
+        raise ValueError(f"not a CPU quantity: {quantity!r}")
     try:
-        if text.endswith("m"):
-            value = Decimal(text[:-1]) / 1000
-        elif text.endswith("u"):
-            value = Decimal(text[:-1]) / 1_000_000
-        elif text.endswith("n"):
-            value = Decimal(text[:-1]) / 1_000_000_000
-        else:
-            value = Decimal(text)
-    except InvalidOperation:
+        value = parse_quantity(text)
+    except (ValueError, TypeError, ArithmeticError):
         raise ValueError(f"not a CPU quantity: {quantity!r}") from None
     if not value.is_finite() or value < 0:
         raise ValueError(f"not a CPU quantity: {quantity!r}")
