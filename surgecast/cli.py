@@ -21,7 +21,6 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from forecasting.errors import BadInputError
-from planner.errors import PlannerInputError
 
 try:  # typer >= 0.20 ships its own copy of click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -635,7 +634,7 @@ def plan(
             batch=counts[2],
             last_scale_up_at=last_scale_up_at,
         )
-    except (BadInputError, PlannerInputError) as exc:
+    except BadInputError as exc:
         raise _fail(str(exc)) from None
     _print_plan(result_plan)
     if out is not None:
@@ -836,7 +835,7 @@ def backtest(
             out=out,
             progress=progress,
         )
-    except (BadInputError, PlannerInputError) as exc:
+    except BadInputError as exc:
         raise _fail(str(exc)) from None
     finally:
         bar.stop()
@@ -896,8 +895,11 @@ def apply_cmd(
     service_config: Annotated[
         Path | None,
         typer.Option(
-            help="Service config (.json/.toml): Deployments, bounds, mode, limits. Required for "
-            "--active; without it the run is shadow-only (dry runs and a record)."
+            "--config",
+            "--service-config",
+            help="Service config (YAML, the file `surgecast run` reads): Deployments, bounds, "
+            "mode, limits. Required for --active; without it the run is shadow-only (dry runs "
+            "and a record).",
         ),
     ] = None,
     kubeconfig: Annotated[
@@ -909,7 +911,7 @@ def apply_cmd(
         bool,
         typer.Option(
             "--active",
-            help="Patch the cluster for the plan's service (needs --service-config; default: "
+            help="Patch the cluster for the plan's service (needs --config; default: "
             "shadow, dry runs only). Other services in the config keep their mode.",
         ),
     ] = False,
@@ -921,25 +923,24 @@ def apply_cmd(
     ] = Path("artifacts"),
     namespace: Annotated[
         str | None,
-        typer.Option(help="Without --service-config: the Deployment's namespace [default]."),
+        typer.Option(help="Without --config: the Deployment's namespace [default]."),
     ] = None,
     deployment: Annotated[
         str | None,
-        typer.Option(help="Without --service-config: the Deployment (default: plan's service)."),
+        typer.Option(help="Without --config: the Deployment (default: plan's service)."),
     ] = None,
     container: Annotated[
         str | None,
-        typer.Option(help="Without --service-config: the container to resize [server]."),
+        typer.Option(help="Without --config: the container to resize [server]."),
     ] = None,
 ) -> None:
     """Apply a plan's due steps to the cluster through the guards; one line per change."""
-    from actuator.errors import ActuatorInputError
     from surgecast.live.actuation import apply_plan_file
     from surgecast.offline.stages import check_output_dir, parse_utc
 
     if active and service_config is None:
         raise _fail(
-            "--active: needs --service-config (the allow-list, bounds and step limits of the "
+            "--active: needs --config (the allow-list, bounds and step limits of the "
             "service); without it apply runs in shadow mode only"
         )
     if service_config is not None:
@@ -949,7 +950,7 @@ def apply_cmd(
             ("--container", container),
         ):
             if value is not None:
-                raise _fail(f"{flag}: only without --service-config (the config names it)")
+                raise _fail(f"{flag}: only without --config (the config names it)")
     _name(namespace, "--namespace", _DNS_LABEL)
     _name(deployment, "--deployment", _DNS_SUBDOMAIN)
     _name(container, "--container", _DNS_LABEL)
@@ -974,7 +975,7 @@ def apply_cmd(
             now=now,
             artifacts=artifacts,
         )
-    except ActuatorInputError as exc:
+    except BadInputError as exc:
         raise _fail(str(exc)) from None
     record = result.record
     if result.switched_active:
@@ -1048,8 +1049,6 @@ def run_cmd(
         raise _fail("--now: only with --once (a loop takes its time from the clock)")
     try:
         when = parse_utc(now, "--now") if now is not None else None
-        if config.exists() and not config.is_file():  # a FIFO would block the read
-            raise BadInputError(f"{config}: not a regular file (--config needs a YAML file)")
         settings = load_settings(config)
         for name in service or []:
             settings.service(name)
@@ -1104,21 +1103,18 @@ def rbac_cmd(
     """
     import yaml
 
-    from actuator.errors import ActuatorInputError
     from actuator.rbac import rbac_manifests
     from surgecast.offline.stages import check_output_file, write_text_atomic
     from surgecast.settings import load_settings
 
     try:
-        if config.exists() and not config.is_file():
-            raise BadInputError(f"{config}: not a regular file (--config needs a YAML file)")
         settings = load_settings(config)
         if out is not None:
             check_output_file(out, "--out")
         docs = rbac_manifests(
             [settings.actuator_config(name) for name in settings.names], account=account
         )
-    except (BadInputError, ActuatorInputError, ValueError) as exc:
+    except (BadInputError, ValueError) as exc:
         raise _fail(str(exc)) from None
     text = (
         f"# Generated by `surgecast rbac --config {config.name}`: the actuator may touch only\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actuator.config import ServiceConfig
+from actuator.spec import ServiceSpec
 from surgecast.settings import SettingsError, load_settings, settings_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_the_example_config_loads_with_its_secret_from_a_file(tmp_path):
     assert yolo.forecast.model == "lgbm_lags" and yolo.forecast.horizon_steps == 15
     assert yolo.policy().quantile == 0.99 and yolo.policy().cold_start_s == 90
     video = settings.actuator_config("video-pipeline")
-    assert isinstance(video, ServiceConfig)
+    assert isinstance(video, ServiceSpec)
     assert [w.stage for w in video.workloads] == ["yolov5n", "resnet18"]
     assert video.workloads[1].bounds.max_cores == 8
     assert video.pushgateway_url == "http://prometheus-pushgateway.monitoring.svc:9091"
