@@ -21,6 +21,7 @@ import math
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
@@ -263,6 +264,28 @@ Text = Annotated[str, Strict()]
 Flag = Annotated[bool, Strict()]
 
 
+def OneOf(*choices: str) -> Any:
+    """Strict text that is one of ``choices``."""
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{show(value)} is not one of {', '.join(choices)}")
+        return value
+
+    return Annotated[str, Strict(), AfterValidator(check)]
+
+
+def Matching(pattern: re.Pattern, what: str) -> Any:
+    """Strict text that matches ``pattern`` (``what`` names it in the refusal)."""
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{show(value)} is not {what}")
+        return value
+
+    return Annotated[str, Strict(), AfterValidator(check)]
+
+
 def check_name(value: str, name: str = "", pattern: re.Pattern = DNS_LABEL) -> str:
     """``value`` if it is a DNS-1123 label (or matches ``pattern``), else a one-line refusal.
 
@@ -361,7 +384,7 @@ class WorkloadSpec(Spec):
     container: Label = "server"
     """The container whose CPU is resized (the model server), a DNS-1123 label."""
 
-    stage: Text | None = None
+    stage: Matching(_STAGE, "a stage name") | None = None
     """The plan's (profile's) stage name this Deployment runs; None for a single-stage service."""
 
     bounds: Bounds
@@ -374,7 +397,7 @@ class WorkloadSpec(Spec):
     an HPA the actuator moves its ``minReplicas`` instead of the scale subresource, so the two
     never fight."""
 
-    batch_env: Text | None = None
+    batch_env: Matching(ENV_NAME, "an env var name") | None = None
     """The container environment variable that holds the batch size, if the model server reads
     one. Batch changes only through the pod template (``rewrite_template``), never in place.
     None: recorded only."""
@@ -393,20 +416,6 @@ class WorkloadSpec(Spec):
                             "service or in defaults.bounds)",
                         )
         return data
-
-    @field_validator("stage")
-    @classmethod
-    def _stage(cls, value: str | None) -> str | None:
-        if value is not None and not _STAGE.match(value):
-            raise ValueError(f"{show(value)} is not a stage name")
-        return value
-
-    @field_validator("batch_env")
-    @classmethod
-    def _env(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME.match(value):
-            raise ValueError(f"{show(value)} is not an env var name")
-        return value
 
     @field_validator("bounds")
     @classmethod
@@ -434,7 +443,7 @@ class ServiceSpec(Spec):
     the top level instead; a service-level ``bounds`` is merged key by key under each
     workload's own."""
 
-    mode: Text = "shadow"
+    mode: OneOf(*MODES) = "shadow"
     """``shadow`` (compute, dry-run and record; patch nothing) or ``active`` (patch). In a
     fleet file ``active`` is accepted only in the service's own table, never from defaults."""
 
@@ -519,13 +528,6 @@ class ServiceSpec(Spec):
             ]
         return data
 
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        if value not in MODES:
-            raise ValueError(f"{show(value)} is not one of {', '.join(MODES)}")
-        return value
-
     @field_validator("kill_switch")
     @classmethod
     def _switch(cls, value: str) -> str:
@@ -572,6 +574,9 @@ class ServiceSpec(Spec):
         return tuple(f"{self.namespace}/{w.deployment}" for w in self.workloads)
 
 
-DEFAULTS = ServiceSpec.model_fields
-"""Every actuation default, by field (``DEFAULTS["cold_start_s"].default``): code that needs a
-default without a spec (the offline simulator, flags) reads it here instead of writing it."""
+DEFAULTS = SimpleNamespace(
+    **{name: f.default for name, f in ServiceSpec.model_fields.items() if not f.is_required()}
+)
+"""Every actuation default by field name (``DEFAULTS.cold_start_s``), read from the model: code
+that needs a default without a spec (command-line flags, the offline simulator) reads it here
+instead of writing the number again."""

@@ -499,17 +499,27 @@ def plan(
         ),
     ] = 0.95,
     cold_start_s: Annotated[
-        float, typer.Option(parser=_float(0, MAX_SECONDS), help="New replica start-up time (s).")
-    ] = 30.0,
-    resize_s: Annotated[
-        float, typer.Option(parser=_float(0, MAX_SECONDS), help="In-place resize time (s).")
-    ] = 2.0,
-    stabilisation_s: Annotated[
-        float,
+        float | None,
         typer.Option(
-            parser=_float(0, MAX_SECONDS), help="Time after a scale-up before a scale-in (s)."
+            parser=_float(0, MAX_SECONDS),
+            help="New replica start-up time (s) [default: the service spec's, 60].",
         ),
-    ] = 300.0,
+    ] = None,
+    resize_s: Annotated[
+        float | None,
+        typer.Option(
+            parser=_float(0, MAX_SECONDS),
+            help="In-place resize time (s) [default: the service spec's, 2].",
+        ),
+    ] = None,
+    stabilisation_s: Annotated[
+        float | None,
+        typer.Option(
+            parser=_float(0, MAX_SECONDS),
+            help="Time after a scale-up before a scale-in (s) [default: the service spec's, "
+            "300].",
+        ),
+    ] = None,
     last_scale_up_at: Annotated[
         str | None, typer.Option(help="When capacity was last raised (ISO 8601, UTC).")
     ] = None,
@@ -613,11 +623,15 @@ def plan(
                 f"--service: the profile's name {name!r} is not a valid Kubernetes name "
                 "(RFC 1123 label); give --service"
             )
+        from actuator.spec import DEFAULTS  # the timings' defaults are the service spec's
+
         settings = PolicySettings(
             slo_ms=slo_ms,
-            cold_start_s=cold_start_s,
-            resize_s=resize_s,
-            stabilisation_s=stabilisation_s,
+            cold_start_s=DEFAULTS.cold_start_s if cold_start_s is None else cold_start_s,
+            resize_s=DEFAULTS.resize_s if resize_s is None else resize_s,
+            stabilisation_s=(
+                DEFAULTS.stabilisation_s if stabilisation_s is None else stabilisation_s
+            ),
             min_replicas=min_replicas,
             max_replicas=bound,
             quantile=quantile,

@@ -50,12 +50,15 @@ import yaml
 from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
 from actuator.spec import (
+    DEFAULTS,
     DNS_LABEL,
     ENV_NAME,
     FieldProblem,
     Flag,
     Integer,
+    Matching,
     Number,
+    OneOf,
     Seconds,
     ServiceSpec,
     Spec,
@@ -105,7 +108,7 @@ def is_loopback(host: str | None) -> bool:
 class AuthSettings(Spec):
     """How surgecast authenticates to Prometheus."""
 
-    type: Text = "none"
+    type: OneOf(*AUTH_TYPES) = "none"
     """``none``, ``bearer`` (``Authorization: Bearer <token>``) or ``basic`` (user + password)."""
 
     username: Text | None = None
@@ -114,7 +117,7 @@ class AuthSettings(Spec):
     secret_file: Text | None = None
     """File holding the bearer token or the basic-auth password (read once, stripped)."""
 
-    secret_env: Text | None = None
+    secret_env: Matching(ENV_NAME, "an environment variable name") | None = None
     """NAME of the environment variable holding the token or password (read once at load)."""
 
     secret: str | None = Field(default=None, repr=False, exclude=True)
@@ -130,8 +133,6 @@ class AuthSettings(Spec):
 
     @model_validator(mode="after")
     def _rules(self) -> AuthSettings:
-        if self.type not in AUTH_TYPES:
-            raise FieldProblem("type", f"{show(self.type)} is not one of {', '.join(AUTH_TYPES)}")
         given = [k for k in ("secret_file", "secret_env") if getattr(self, k) is not None]
         if self.type == "none":
             if given or self.username is not None:
@@ -139,10 +140,6 @@ class AuthSettings(Spec):
             return self
         if len(given) != 1:
             raise FieldProblem("secret_file", "give exactly one of secret_file or secret_env")
-        if self.secret_env is not None and not ENV_NAME.match(self.secret_env):
-            raise FieldProblem(
-                "secret_env", f"{show(self.secret_env)} is not an environment variable name"
-            )
         if self.type == "basic":
             if not self.username:
                 raise FieldProblem("username", "basic auth needs a user name")
@@ -320,7 +317,7 @@ class DataSettings(Spec):
 class ForecastSettings(Spec):
     """The forecasting model of a service and how often it is refitted."""
 
-    model: Text = "hybrid"
+    model: OneOf(*MODELS) = "hybrid"
     """Registered model: hybrid, lgbm_lags, ets, seasonal_naive or naive."""
 
     quantiles: Annotated[tuple[Annotated[float, Strict()], ...], Field(max_length=100)] = QUANTILES
@@ -345,13 +342,6 @@ class ForecastSettings(Spec):
 
     seed: Integer(0, 2**32 - 1) = 0
     """Seed of every stochastic part of the model (0..2**32 - 1, numpy's range)."""
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str) -> str:
-        if value not in MODELS:
-            raise ValueError(f"{show(value)} is not one of {', '.join(MODELS)}")
-        return value
 
     @field_validator("quantiles")
     @classmethod
@@ -448,7 +438,7 @@ class Fleet(Spec):
     """Prometheus Pushgateway that receives run metrics (None: no metrics); every service's
     spec carries it."""
 
-    run_interval_s: Seconds(30, 3600) = ServiceSpec.model_fields["run_interval_s"].default
+    run_interval_s: Seconds(30, 3600) = DEFAULTS.run_interval_s
     """Time between two scaling runs (s), in [30, 3600]: the schedule of the scaling DAG, and
     how far ahead the actuator applies plan steps; every service's spec carries it."""
 
