@@ -62,11 +62,6 @@ MAX_RPS_SCALE = 1_000.0
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 """The quantiles the forecasters produce."""
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-"""RFC 1123 label, as Kubernetes validates namespaces and container names
-(k8s.io/apimachinery/pkg/util/validation/validation.go, IsDNS1123Label)."""
-_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-"""RFC 1123 subdomain, as Kubernetes validates Deployment names (IsDNS1123Subdomain)."""
 
 
 class _OneLineErrors(TyperGroup):
@@ -164,12 +159,17 @@ def _float(low: float, high: float, *, low_open: bool = False, high_open: bool =
     return parse
 
 
-def _name(value: str | None, flag: str, pattern: re.Pattern = _DNS_SUBDOMAIN) -> None:
-    """Refuse a Kubernetes object name that breaks RFC 1123 (lower-case alphanumerics and
-    '-'; '.' too for a subdomain)."""
-    if value is not None and not pattern.match(value):
-        kind = "label" if pattern is _DNS_LABEL else "subdomain"
-        raise _fail(f"{flag}: {value[:80]!r} is not a valid Kubernetes name (RFC 1123 {kind})")
+def _name(value: str | None, flag: str, *, label: bool = False) -> None:
+    """Refuse a Kubernetes object name that is not a DNS-1123 subdomain (or ``label``), by the
+    service spec's one rule (:func:`actuator.spec.check_name`)."""
+    if value is None:
+        return
+    from actuator.spec import DNS_LABEL, DNS_SUBDOMAIN, check_name
+
+    try:
+        check_name(value, flag, DNS_LABEL if label else DNS_SUBDOMAIN)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _step(value: str) -> None:
@@ -584,7 +584,7 @@ def plan(
     if max_replicas is not None and max_replicas < min_replicas:
         raise _fail(f"--max-replicas: {max_replicas} is below --min-replicas {min_replicas}")
     bound = MAX_REPLICAS if max_replicas is None else max_replicas
-    _name(service, "--service", _DNS_LABEL)
+    _name(service, "--service", label=True)
     _check_files((check_output_file, out, "--out", {}))
     try:
         if last_scale_up_at is not None:
@@ -617,14 +617,15 @@ def plan(
                     code=1,
                 )
             return
+        # The service spec's one name rule, and its timings' defaults.
+        from actuator.spec import DEFAULTS, DNS_LABEL
+
         name = service or pipeline.name
-        if not _DNS_LABEL.match(name):
+        if not DNS_LABEL.match(name):
             raise _fail(
                 f"--service: the profile's name {name!r} is not a valid Kubernetes name "
-                "(RFC 1123 label); give --service"
+                "(DNS-1123 label); give --service"
             )
-        from actuator.spec import DEFAULTS  # the timings' defaults are the service spec's
-
         settings = PolicySettings(
             slo_ms=slo_ms,
             cold_start_s=DEFAULTS.cold_start_s if cold_start_s is None else cold_start_s,
@@ -965,9 +966,9 @@ def apply_cmd(
         ):
             if value is not None:
                 raise _fail(f"{flag}: only without --config (the config names it)")
-    _name(namespace, "--namespace", _DNS_LABEL)
-    _name(deployment, "--deployment", _DNS_SUBDOMAIN)
-    _name(container, "--container", _DNS_LABEL)
+    _name(namespace, "--namespace", label=True)
+    _name(deployment, "--deployment")
+    _name(container, "--container", label=True)
     if context is not None and not context.strip():
         raise _fail("--context: empty context name")
     _check_files((check_output_dir, artifacts, "--artifacts", {}))
