@@ -372,7 +372,8 @@ class BridgeSpec(Spec):
     long (s), in [0, 3600]; a resize is cheap, but flapping on noise is not."""
 
     max_cores: Integer(1, MAX_CORES) | None = None
-    """Most cores per pod the bridge may set (None: the workload's ``bounds.max_cores``)."""
+    """Most cores per pod the bridge may set (None: the workload's ``bounds.max_cores``; the
+    bounds hold either way)."""
 
 
 class WorkloadSpec(Spec):

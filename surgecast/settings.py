@@ -1,5 +1,12 @@
 """The service config: one YAML file, validated once at the edge, passed down as frozen settings.
 
+Every entry point reads this one file (``surgecast run``, ``apply``, ``rbac``, the bridge). Each
+service in it is a :class:`ServiceSettings`, which IS the actuation spec
+(:class:`actuator.spec.ServiceSpec`: Deployments, bounds, mode, step limits, timings, kill
+switch, bridge; every default written there once) plus what forecasting needs (query, profile,
+SLO, data checks, model). The models are pydantic v2; this module adds what a whole file needs:
+strict YAML, fleet defaults, secrets, paths relative to the file, one owner per Deployment.
+
 Layout of the file (see ``data/services.example.yaml``)::
 
     prometheus: {url, timeout_s, query_deadline_s, attempts, backoff_s, verify_tls, ca_file,
@@ -10,7 +17,10 @@ Layout of the file (see ``data/services.example.yaml``)::
     run_interval_s: 300
     run_timeout_s: 120
     defaults:   {every per-service key}          # fleet defaults
-    services:   [{name, query, namespace, deployment, bounds, ...}, ...]   # per-service
+    services:   [{name, query, namespace, deployment, bounds, bridge, ...}, ...]   # per-service
+
+``run_interval_s`` and ``pushgateway_url`` are the fleet's: every service's spec carries them,
+and a service or ``defaults`` that gives them is refused (one schedule, one Pushgateway).
 
 Each service is ``defaults`` deep-merged with its own table (nested tables such as ``forecast``,
 ``data`` and ``bounds`` merge key by key). Secrets (a Prometheus bearer token or basic-auth
