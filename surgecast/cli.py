@@ -502,22 +502,22 @@ def plan(
         float | None,
         typer.Option(
             parser=_float(0, MAX_SECONDS),
-            help="New replica start-up time (s) [default: the service spec's, 60].",
+            help="New replica start-up time (s); default: the service spec's cold_start_s.",
         ),
     ] = None,
     resize_s: Annotated[
         float | None,
         typer.Option(
             parser=_float(0, MAX_SECONDS),
-            help="In-place resize time (s) [default: the service spec's, 2].",
+            help="In-place resize time (s); default: the service spec's resize_s.",
         ),
     ] = None,
     stabilisation_s: Annotated[
         float | None,
         typer.Option(
             parser=_float(0, MAX_SECONDS),
-            help="Time after a scale-up before a scale-in (s) [default: the service spec's, "
-            "300].",
+            help="Time after a scale-up before a scale-in (s); default: the service spec's "
+            "stabilisation_s.",
         ),
     ] = None,
     last_scale_up_at: Annotated[
