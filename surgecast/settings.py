@@ -459,7 +459,8 @@ class Fleet(Spec):
 
     @model_validator(mode="after")
     def _timeout(self) -> Fleet:
-        if self.run_timeout_s is None:
+        if self.run_timeout_s is None:  # its default depends on the interval: filled in once,
+            # here, while the model is built (frozen models have no other hook for it)
             object.__setattr__(
                 self, "run_timeout_s", min(DEFAULT_RUN_TIMEOUT_S, self.run_interval_s)
             )
