@@ -30,7 +30,6 @@ import pandas as pd
 import urllib3
 
 from actuator import pods as P
-from actuator.config import ServiceConfig, WorkloadConfig
 from actuator.guards import allowed_workload, not_expired
 from actuator.kube import KubeApi, RetryPolicy, converge, describe_error, read_with_retries
 from actuator.lease import Lease, lease_name
@@ -44,6 +43,7 @@ from actuator.records import (
     push_metrics,
     update_counters,
 )
+from actuator.spec import ServiceSpec, WorkloadSpec
 from actuator.target import (
     Floor,
     StageTarget,
@@ -105,7 +105,7 @@ class _Observed:
 class _Run:
     """State shared by the steps of one run."""
 
-    config: ServiceConfig
+    config: ServiceSpec
     api: KubeApi
     options: RunOptions
     record: DecisionRecord
@@ -122,7 +122,7 @@ class _Run:
 
 def actuate(
     plan: Plan,
-    services: Sequence[ServiceConfig],
+    services: Sequence[ServiceSpec],
     api: KubeApi,
     *,
     now,
@@ -147,10 +147,10 @@ def actuate(
     """
     now = utc_timestamp(now, "now")
     options = options or RunOptions()
-    config = next((c for c in services if c.service == plan.service), None)
+    config = next((c for c in services if c.name == plan.service), None)
     problems: list[str] = []
     if config is None:
-        known = [f"service {c.service}" for c in services]
+        known = [f"service {c.name}" for c in services]
         record = _new_record(plan, "shadow", now, None, None)
         record.refused = allowed_workload(f"service {plan.service}", known)
         append_record(artifacts, record, now)
@@ -169,7 +169,7 @@ def actuate(
         if last_up is None:
             last_up = last_scale_up_s(
                 artifacts,
-                config.service,
+                config.name,
                 config.mode,
                 now,
                 config.stabilisation_s,
@@ -200,17 +200,17 @@ def default_identity() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _shared_workload(config: ServiceConfig, services: Sequence[ServiceConfig]) -> str | None:
+def _shared_workload(config: ServiceSpec, services: Sequence[ServiceSpec]) -> str | None:
     """Why ``config`` may not act because another service claims one of its Deployments."""
     mine = set(config.allow_list)
     for other in services:
-        if other is config or other.service == config.service:
+        if other is config or other.name == config.name:
             continue
         shared = sorted(mine & set(other.allow_list))
         if shared:
             return (
-                f"workload {shared[0]} is claimed by services {config.service} and "
-                f"{other.service}: one Deployment, one owner"
+                f"workload {shared[0]} is claimed by services {config.name} and "
+                f"{other.name}: one Deployment, one owner"
             )
     return None
 
@@ -272,7 +272,7 @@ def _take_lease(run: _Run, now: pd.Timestamp) -> tuple[Lease | None, str | None]
     lease = Lease(
         run.api,
         run.config.namespace,
-        lease_name(run.config.service),
+        lease_name(run.config.name),
         run.options.identity,
         duration_s=_lease_duration_s(run),
     )
@@ -367,7 +367,7 @@ def _apply(run: _Run, plan: Plan, now, floors: Mapping[int, Floor], last_up) -> 
             _observe_after(run, wrec)
 
 
-def _observe(run: _Run, workload: WorkloadConfig, wrec: WorkloadRecord) -> _Observed | None:
+def _observe(run: _Run, workload: WorkloadSpec, wrec: WorkloadRecord) -> _Observed | None:
     """Read the Deployment, its pods and its HPA; None (errors recorded) if any read fails or
     the configured HPA does not scale this Deployment."""
     ns, name = run.config.namespace, workload.deployment
@@ -691,7 +691,7 @@ def _resize(
     return running, unconfirmed
 
 
-def _revert(run: _Run, wl: WorkloadConfig, pod_name: str, allocated_m: int) -> None:
+def _revert(run: _Run, wl: WorkloadSpec, pod_name: str, allocated_m: int) -> None:
     """Ask for what the pod runs with again after a resize the kubelet refused for good.
 
     The scheduler reserves the larger of the desired and the allocated resources of a pod
@@ -721,7 +721,7 @@ def _revert(run: _Run, wl: WorkloadConfig, pod_name: str, allocated_m: int) -> N
     )
 
 
-def _watch_resizes(run: _Run, wl: WorkloadConfig, cores: int, watched) -> dict[str, int]:
+def _watch_resizes(run: _Run, wl: WorkloadSpec, cores: int, watched) -> dict[str, int]:
     """Poll the resized pods until each is done or Infeasible, or the timeout passes.
 
     Returns:

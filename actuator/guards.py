@@ -15,8 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Annotated
+
+from pydantic import Strict
 
 from planner.dp import StageConfig
+
+_Int = Annotated[int, Strict()]
+"""An int that a spec file must give as an integer (``2.0``, ``"2"`` and ``true`` are refused
+when :mod:`actuator.spec` validates bounds from a file; code may pass numpy integers)."""
 
 Guard = Callable[[StageConfig], "Guarded"]
 """A guard with its settings bound (``functools.partial``): wanted shape -> allowed shape."""
@@ -47,11 +54,11 @@ class Bounds:
         max_batch: never a larger batch size.
     """
 
-    min_replicas: int = 1
-    max_replicas: int = 1000
-    min_cores: int = 1
-    max_cores: int = 64
-    max_batch: int = 64
+    min_replicas: _Int = 1
+    max_replicas: _Int = 1000
+    min_cores: _Int = 1
+    max_cores: _Int = 64
+    max_batch: _Int = 64
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
@@ -65,6 +72,10 @@ class Bounds:
             )
         if self.max_batch < 1:
             raise ValueError(f"bounds: max_batch must be >= 1, got {self.max_batch}")
+
+
+REQUIRED_BOUNDS = ("min_replicas", "max_replicas", "min_cores", "max_cores")
+"""Bounds a service spec must state: no built-in default may decide how far a cluster grows."""
 
 
 def within_bounds(wanted: StageConfig, bounds: Bounds) -> Guarded:

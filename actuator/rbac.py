@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from actuator.config import ServiceConfig
 from actuator.lease import lease_name
+from actuator.spec import ServiceSpec
 
 ACCOUNT = "surgecast-actuator"
 
 
 def rbac_manifests(
-    services: Sequence[ServiceConfig],
+    services: Sequence[ServiceSpec],
     *,
     account: str = ACCOUNT,
     account_namespace: str | None = None,
@@ -58,7 +58,7 @@ def rbac_manifests(
             "metadata": {"name": account, "namespace": home},
         }
     ]
-    by_ns: dict[str, list[ServiceConfig]] = {}
+    by_ns: dict[str, list[ServiceSpec]] = {}
     for svc in services:
         by_ns.setdefault(svc.namespace, []).append(svc)
     switches: dict[str, set[str]] = {}
@@ -84,7 +84,7 @@ def rbac_manifests(
 
 
 def _role(
-    namespace: str, services: Sequence[ServiceConfig], account: str, switches: list[str]
+    namespace: str, services: Sequence[ServiceSpec], account: str, switches: list[str]
 ) -> dict:
     if not services:  # a namespace that holds only a fleet-wide kill switch
         return {
@@ -96,7 +96,7 @@ def _role(
     deployments = sorted({w.deployment for s in services for w in s.workloads})
     hpas = sorted({w.hpa for s in services for w in s.workloads if w.hpa})
     look_up_hpas = any(w.hpa is None for s in services for w in s.workloads)
-    leases = sorted({lease_name(s.service) for s in services})
+    leases = sorted({lease_name(s.name) for s in services})
     rules: list[dict] = [
         _rule("apps", "deployments", ["get"], deployments),
         _rule("apps", "deployments/scale", ["get", "patch"], deployments),

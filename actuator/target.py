@@ -27,7 +27,6 @@ from functools import partial
 
 import pandas as pd
 
-from actuator.config import ServiceConfig, WorkloadConfig
 from actuator.guards import (
     Guard,
     allowed_workload,
@@ -39,6 +38,7 @@ from actuator.guards import (
     run_guards,
     within_bounds,
 )
+from actuator.spec import ServiceSpec, WorkloadSpec
 from planner.dp import StageConfig
 from planner.plan import Plan, PlanStep
 
@@ -78,7 +78,7 @@ class StageTarget:
             capacity still to be found.
     """
 
-    workload: WorkloadConfig
+    workload: WorkloadSpec
     stage: int
     current: StageConfig
     wanted: StageConfig
@@ -93,14 +93,14 @@ class StageTarget:
         )
 
 
-def refusal(plan: Plan, config: ServiceConfig, now: pd.Timestamp) -> str | None:
+def refusal(plan: Plan, config: ServiceSpec, now: pd.Timestamp) -> str | None:
     """Why ``plan`` may not be applied at all at ``now``, or None.
 
     Checks, in order: the plan is for this service and every stage has a Deployment in the
     service config (the allow-list), and the plan has not expired.
     """
-    if plan.service != config.service:
-        return allowed_workload(f"service {plan.service}", [f"service {config.service}"])
+    if plan.service != config.name:
+        return allowed_workload(f"service {plan.service}", [f"service {config.name}"])
     try:
         stage_workloads(plan, config)
     except LookupError as exc:
@@ -114,7 +114,7 @@ def refusal(plan: Plan, config: ServiceConfig, now: pd.Timestamp) -> str | None:
     )
 
 
-def stage_workloads(plan: Plan, config: ServiceConfig) -> list[tuple[int, WorkloadConfig]]:
+def stage_workloads(plan: Plan, config: ServiceSpec) -> list[tuple[int, WorkloadSpec]]:
     """(plan stage index, Deployment) for every stage of the plan.
 
     Raises:
@@ -146,7 +146,7 @@ def due_steps(
     """Steps to act on before the next scheduled run, in plan order.
 
     A step is due when its ``apply_at``, or ``effective_at - lead_s`` if that is earlier, falls
-    before the next run. ``lead_s`` (:attr:`ServiceConfig.fallback_lead_s`) is the time the slow
+    before the next run. ``lead_s`` (:attr:`ServiceSpec.fallback_lead_s`) is the time the slow
     path needs: an in-place resize that fails must still leave a cold start for the fallback
     replicas, and an HPA acts on a raised ``minReplicas`` only at its next sync. Scaling up
     early is safe; a decrease still waits for its own time (:func:`wanted_state`).
@@ -183,8 +183,8 @@ def _total_cores(config: StageConfig) -> float:
 
 
 def stage_guards(
-    config: ServiceConfig,
-    workload: WorkloadConfig,
+    config: ServiceSpec,
+    workload: WorkloadSpec,
     current: StageConfig,
     *,
     now_s: float,
@@ -231,8 +231,8 @@ def stage_guards(
 
 
 def stage_target(
-    config: ServiceConfig,
-    workload: WorkloadConfig,
+    config: ServiceSpec,
+    workload: WorkloadSpec,
     stage: int,
     steps: Sequence[PlanStep],
     current: StageConfig,
@@ -268,8 +268,8 @@ def fallback_replicas(
     *,
     new_pod_millicores: int,
     current_replicas: int,
-    config: ServiceConfig,
-    workload: WorkloadConfig,
+    config: ServiceSpec,
+    workload: WorkloadSpec,
 ) -> tuple[int, str | None]:
     """Replicas that make up for in-place resizes that did not happen.
 

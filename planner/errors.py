@@ -1,23 +1,17 @@
-"""The planner's one error type for bad input.
+"""The planner's name for the one input-error type.
 
-The planner does not import ``forecasting`` (the stages are independent), so it has its own type,
-with the same contract as the forecasting stage's: programming errors stay ordinary exceptions.
+``PlannerInputError`` IS :class:`forecasting.errors.BadInputError`: a profile file, a load, an
+SLO or a cluster state that breaks a contract raises it, and every front end catches the one
+type. This module is the only place the planner touches ``forecasting`` (the import contract
+lets exactly this import through); the stages stay otherwise independent.
 """
 
 from __future__ import annotations
 
-import re
+from forecasting.errors import BadInputError
 
-_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+PlannerInputError = BadInputError
+"""Bad planner input; the message is one line naming the input, e.g. ``--slo-ms: must be > 0,
+got -5``."""
 
-
-class PlannerInputError(ValueError):
-    """Bad planner input: a profile file, a load, an SLO or a cluster state that breaks a contract.
-
-    The message is always ONE line that names the input and the problem, e.g.
-    ``--slo-ms: must be > 0, got -5``. Line breaks (e.g. from a wrapped parser error) are folded
-    into single spaces, so front ends can print it as is, without a traceback.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_LINE_BREAKS.sub(" ", str(message)).strip())
+__all__ = ["BadInputError", "PlannerInputError"]

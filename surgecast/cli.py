@@ -21,7 +21,6 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from forecasting.errors import BadInputError
-from planner.errors import PlannerInputError
 
 try:  # typer >= 0.20 ships its own copy of click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -63,11 +62,6 @@ MAX_RPS_SCALE = 1_000.0
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 """The quantiles the forecasters produce."""
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-"""RFC 1123 label, as Kubernetes validates namespaces and container names
-(k8s.io/apimachinery/pkg/util/validation/validation.go, IsDNS1123Label)."""
-_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-"""RFC 1123 subdomain, as Kubernetes validates Deployment names (IsDNS1123Subdomain)."""
 
 
 class _OneLineErrors(TyperGroup):
@@ -165,12 +159,17 @@ def _float(low: float, high: float, *, low_open: bool = False, high_open: bool =
     return parse
 
 
-def _name(value: str | None, flag: str, pattern: re.Pattern = _DNS_SUBDOMAIN) -> None:
-    """Refuse a Kubernetes object name that breaks RFC 1123 (lower-case alphanumerics and
-    '-'; '.' too for a subdomain)."""
-    if value is not None and not pattern.match(value):
-        kind = "label" if pattern is _DNS_LABEL else "subdomain"
-        raise _fail(f"{flag}: {value[:80]!r} is not a valid Kubernetes name (RFC 1123 {kind})")
+def _name(value: str | None, flag: str, *, label: bool = False) -> None:
+    """Refuse a Kubernetes object name that is not a DNS-1123 subdomain (or ``label``), by the
+    service spec's one rule (:func:`actuator.spec.check_name`)."""
+    if value is None:
+        return
+    from actuator.spec import DNS_LABEL, DNS_SUBDOMAIN, check_name
+
+    try:
+        check_name(value, flag, DNS_LABEL if label else DNS_SUBDOMAIN)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _step(value: str) -> None:
@@ -500,17 +499,27 @@ def plan(
         ),
     ] = 0.95,
     cold_start_s: Annotated[
-        float, typer.Option(parser=_float(0, MAX_SECONDS), help="New replica start-up time (s).")
-    ] = 30.0,
-    resize_s: Annotated[
-        float, typer.Option(parser=_float(0, MAX_SECONDS), help="In-place resize time (s).")
-    ] = 2.0,
-    stabilisation_s: Annotated[
-        float,
+        float | None,
         typer.Option(
-            parser=_float(0, MAX_SECONDS), help="Time after a scale-up before a scale-in (s)."
+            parser=_float(0, MAX_SECONDS),
+            help="New replica start-up time (s); default: the service spec's cold_start_s.",
         ),
-    ] = 300.0,
+    ] = None,
+    resize_s: Annotated[
+        float | None,
+        typer.Option(
+            parser=_float(0, MAX_SECONDS),
+            help="In-place resize time (s); default: the service spec's resize_s.",
+        ),
+    ] = None,
+    stabilisation_s: Annotated[
+        float | None,
+        typer.Option(
+            parser=_float(0, MAX_SECONDS),
+            help="Time after a scale-up before a scale-in (s); default: the service spec's "
+            "stabilisation_s.",
+        ),
+    ] = None,
     last_scale_up_at: Annotated[
         str | None, typer.Option(help="When capacity was last raised (ISO 8601, UTC).")
     ] = None,
@@ -575,7 +584,7 @@ def plan(
     if max_replicas is not None and max_replicas < min_replicas:
         raise _fail(f"--max-replicas: {max_replicas} is below --min-replicas {min_replicas}")
     bound = MAX_REPLICAS if max_replicas is None else max_replicas
-    _name(service, "--service", _DNS_LABEL)
+    _name(service, "--service", label=True)
     _check_files((check_output_file, out, "--out", {}))
     try:
         if last_scale_up_at is not None:
@@ -608,17 +617,22 @@ def plan(
                     code=1,
                 )
             return
+        # The service spec's one name rule, and its timings' defaults.
+        from actuator.spec import DEFAULTS, DNS_LABEL
+
         name = service or pipeline.name
-        if not _DNS_LABEL.match(name):
+        if not DNS_LABEL.match(name):
             raise _fail(
                 f"--service: the profile's name {name!r} is not a valid Kubernetes name "
-                "(RFC 1123 label); give --service"
+                "(DNS-1123 label); give --service"
             )
         settings = PolicySettings(
             slo_ms=slo_ms,
-            cold_start_s=cold_start_s,
-            resize_s=resize_s,
-            stabilisation_s=stabilisation_s,
+            cold_start_s=DEFAULTS.cold_start_s if cold_start_s is None else cold_start_s,
+            resize_s=DEFAULTS.resize_s if resize_s is None else resize_s,
+            stabilisation_s=(
+                DEFAULTS.stabilisation_s if stabilisation_s is None else stabilisation_s
+            ),
             min_replicas=min_replicas,
             max_replicas=bound,
             quantile=quantile,
@@ -635,7 +649,7 @@ def plan(
             batch=counts[2],
             last_scale_up_at=last_scale_up_at,
         )
-    except (BadInputError, PlannerInputError) as exc:
+    except BadInputError as exc:
         raise _fail(str(exc)) from None
     _print_plan(result_plan)
     if out is not None:
@@ -836,7 +850,7 @@ def backtest(
             out=out,
             progress=progress,
         )
-    except (BadInputError, PlannerInputError) as exc:
+    except BadInputError as exc:
         raise _fail(str(exc)) from None
     finally:
         bar.stop()
@@ -896,8 +910,11 @@ def apply_cmd(
     service_config: Annotated[
         Path | None,
         typer.Option(
-            help="Service config (.json/.toml): Deployments, bounds, mode, limits. Required for "
-            "--active; without it the run is shadow-only (dry runs and a record)."
+            "--config",
+            "--service-config",
+            help="Service config (YAML, the file `surgecast run` reads): Deployments, bounds, "
+            "mode, limits. Required for --active; without it the run is shadow-only (dry runs "
+            "and a record).",
         ),
     ] = None,
     kubeconfig: Annotated[
@@ -909,7 +926,7 @@ def apply_cmd(
         bool,
         typer.Option(
             "--active",
-            help="Patch the cluster for the plan's service (needs --service-config; default: "
+            help="Patch the cluster for the plan's service (needs --config; default: "
             "shadow, dry runs only). Other services in the config keep their mode.",
         ),
     ] = False,
@@ -921,25 +938,24 @@ def apply_cmd(
     ] = Path("artifacts"),
     namespace: Annotated[
         str | None,
-        typer.Option(help="Without --service-config: the Deployment's namespace [default]."),
+        typer.Option(help="Without --config: the Deployment's namespace [default]."),
     ] = None,
     deployment: Annotated[
         str | None,
-        typer.Option(help="Without --service-config: the Deployment (default: plan's service)."),
+        typer.Option(help="Without --config: the Deployment (default: plan's service)."),
     ] = None,
     container: Annotated[
         str | None,
-        typer.Option(help="Without --service-config: the container to resize [server]."),
+        typer.Option(help="Without --config: the container to resize [server]."),
     ] = None,
 ) -> None:
     """Apply a plan's due steps to the cluster through the guards; one line per change."""
-    from actuator.errors import ActuatorInputError
     from surgecast.live.actuation import apply_plan_file
     from surgecast.offline.stages import check_output_dir, parse_utc
 
     if active and service_config is None:
         raise _fail(
-            "--active: needs --service-config (the allow-list, bounds and step limits of the "
+            "--active: needs --config (the allow-list, bounds and step limits of the "
             "service); without it apply runs in shadow mode only"
         )
     if service_config is not None:
@@ -949,10 +965,10 @@ def apply_cmd(
             ("--container", container),
         ):
             if value is not None:
-                raise _fail(f"{flag}: only without --service-config (the config names it)")
-    _name(namespace, "--namespace", _DNS_LABEL)
-    _name(deployment, "--deployment", _DNS_SUBDOMAIN)
-    _name(container, "--container", _DNS_LABEL)
+                raise _fail(f"{flag}: only without --config (the config names it)")
+    _name(namespace, "--namespace", label=True)
+    _name(deployment, "--deployment")
+    _name(container, "--container", label=True)
     if context is not None and not context.strip():
         raise _fail("--context: empty context name")
     _check_files((check_output_dir, artifacts, "--artifacts", {}))
@@ -974,7 +990,7 @@ def apply_cmd(
             now=now,
             artifacts=artifacts,
         )
-    except ActuatorInputError as exc:
+    except BadInputError as exc:
         raise _fail(str(exc)) from None
     record = result.record
     if result.switched_active:
@@ -1048,8 +1064,6 @@ def run_cmd(
         raise _fail("--now: only with --once (a loop takes its time from the clock)")
     try:
         when = parse_utc(now, "--now") if now is not None else None
-        if config.exists() and not config.is_file():  # a FIFO would block the read
-            raise BadInputError(f"{config}: not a regular file (--config needs a YAML file)")
         settings = load_settings(config)
         for name in service or []:
             settings.service(name)
@@ -1104,21 +1118,18 @@ def rbac_cmd(
     """
     import yaml
 
-    from actuator.errors import ActuatorInputError
     from actuator.rbac import rbac_manifests
     from surgecast.offline.stages import check_output_file, write_text_atomic
     from surgecast.settings import load_settings
 
     try:
-        if config.exists() and not config.is_file():
-            raise BadInputError(f"{config}: not a regular file (--config needs a YAML file)")
         settings = load_settings(config)
         if out is not None:
             check_output_file(out, "--out")
         docs = rbac_manifests(
             [settings.actuator_config(name) for name in settings.names], account=account
         )
-    except (BadInputError, ActuatorInputError, ValueError) as exc:
+    except (BadInputError, ValueError) as exc:
         raise _fail(str(exc)) from None
     text = (
         f"# Generated by `surgecast rbac --config {config.name}`: the actuator may touch only\n"

@@ -148,8 +148,8 @@ def read_forecast_json(path: str | Path) -> ForecastLoad:
     try:
         cutoff = utc_timestamp(parsed.cutoff, f"{path}: cutoff")
         ds = tuple(utc_timestamp(t, f"{path}: ds") for t in parsed.ds)
-    except PlannerInputError as exc:
-        raise BadInputError(str(exc)) from None
+    except BadInputError:
+        raise
     except (OverflowError, ValueError) as exc:
         raise BadInputError(f"{path}: timestamp out of range: {exc}") from None
     quantiles: dict[float, np.ndarray] = {}

@@ -1,5 +1,12 @@
 """The service config: one YAML file, validated once at the edge, passed down as frozen settings.
 
+Every entry point reads this one file (``surgecast run``, ``apply``, ``rbac``, the bridge). Each
+service in it is a :class:`ServiceSettings`, which IS the actuation spec
+(:class:`actuator.spec.ServiceSpec`: Deployments, bounds, mode, step limits, timings, kill
+switch, bridge; every default written there once) plus what forecasting needs (query, profile,
+SLO, data checks, model). The models are pydantic v2; this module adds what a whole file needs:
+strict YAML, fleet defaults, secrets, paths relative to the file, one owner per Deployment.
+
 Layout of the file (see ``data/services.example.yaml``)::
 
     prometheus: {url, timeout_s, query_deadline_s, attempts, backoff_s, verify_tls, ca_file,
@@ -10,7 +17,10 @@ Layout of the file (see ``data/services.example.yaml``)::
     run_interval_s: 300
     run_timeout_s: 120
     defaults:   {every per-service key}          # fleet defaults
-    services:   [{name, query, namespace, deployment, bounds, ...}, ...]   # per-service
+    services:   [{name, query, namespace, deployment, bounds, bridge, ...}, ...]   # per-service
+
+``run_interval_s`` and ``pushgateway_url`` are the fleet's: every service's spec carries them,
+and a service or ``defaults`` that gives them is refused (one schedule, one Pushgateway).
 
 Each service is ``defaults`` deep-merged with its own table (nested tables such as ``forecast``,
 ``data`` and ``bounds`` merge key by key). Secrets (a Prometheus bearer token or basic-auth
@@ -42,23 +52,35 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import re
-import types
-import typing
-import urllib.parse
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, Field, Strict, ValidationInfo, field_validator, model_validator
 
-from actuator.config import REQUIRED_BOUNDS, ServiceConfig, WorkloadConfig
-from actuator.errors import ActuatorInputError
-from actuator.guards import Bounds
+from actuator.spec import (
+    DEFAULTS,
+    DNS_LABEL,
+    ENV_NAME,
+    FieldProblem,
+    Flag,
+    Integer,
+    Matching,
+    Number,
+    OneOf,
+    Seconds,
+    ServiceSpec,
+    Spec,
+    Text,
+    Url,
+    check_url,
+    kind,
+    parse,
+    show,
+)
 from forecasting.errors import BadInputError
 from forecasting.models import MODELS, QUANTILES
-from planner.errors import PlannerInputError
 from planner.policy import PolicySettings
 
 MAX_POINTS_PER_SERIES = 11_000
@@ -67,118 +89,14 @@ MAX_POINTS_PER_SERIES = 11_000
 MAX_CONFIG_BYTES = 1 << 20
 """A config file larger than this (1 MiB) is refused before it is parsed."""
 
-MODES = ("shadow", "active")
 AUTH_TYPES = ("none", "bearer", "basic")
 
-# DNS-1123 names as the API server validates them
-# (kubernetes/kubernetes staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go,
-# IsDNS1123Label and IsDNS1123Subdomain): a label is at most 63 characters of [a-z0-9-],
-# starting and ending alphanumeric; a subdomain is labels joined by dots, at most 253 characters.
-# Namespaces and container names are labels (pkg/apis/core/validation/validation.go),
-# Deployments and HPAs subdomains (pkg/apis/apps/validation, pkg/apis/autoscaling/validation).
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-DNS_LABEL = re.compile(rf"^(?=.{{1,63}}$){_LABEL}$")
-DNS_SUBDOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-MAX_REPLICAS = 10_000
-"""Largest ``bounds.max_replicas`` accepted (a typo guard; Kubernetes itself allows int32)."""
-MAX_CORES = 1024
-"""Largest ``bounds.max_cores`` accepted (more cores than any single node has)."""
-MAX_BATCH = 4096
-"""Largest ``bounds.max_batch`` accepted."""
 DEFAULT_RUN_TIMEOUT_S = 120.0
 """Per-service run budget when ``run_timeout_s`` is not given (capped at ``run_interval_s``)."""
 
-
-class SettingsError(BadInputError):
-    """A bad service config; the message is one line naming the file, service and field."""
-
-
-class _FieldError(ValueError):
-    """Raised inside settings classes; the loader prefixes the file and service."""
-
-    def __init__(self, name: str, problem: str) -> None:
-        self.name, self.problem = name, problem
-        super().__init__(f"{name}: {problem}")
-
-    def within(self, prefix: str) -> _FieldError:
-        """The same error with ``prefix`` in front of the field's name."""
-        return _FieldError(f"{prefix}{self.name}", self.problem)
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for messages (a value may be huge)."""
-    text = repr(value) if isinstance(value, str | int | float | bool | None) else _kind(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def _key(key: Any) -> str:
-    """A mapping key for messages: text as is (cut short), anything else shown by kind."""
-    return (key if len(key) <= 60 else f"{key[:57]}...") if isinstance(key, str) else _show(key)
-
-
-def _in_range(obj, name: str, low: float, high: float, *, low_open: bool = False,
-              unit: str = "") -> None:
-    """Refuse ``obj.name`` outside ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    value = getattr(obj, name)
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        left = "(" if low_open else "["
-        raise _FieldError(name, f"must be in {left}{low:g}, {high:g}]{unit}, got {value:g}")
-
-
-def _int_range(obj, name: str, low: int, high: int) -> None:
-    value = getattr(obj, name)
-    if not low <= value <= high:
-        raise _FieldError(name, f"must be an integer in {low}..{high}, got {value}")
-
-
-def check_name(value: str, name: str, pattern: re.Pattern = DNS_LABEL) -> None:
-    """Refuse ``value`` unless it is a DNS-1123 label (or the ``pattern`` given).
-
-    Raises:
-        _FieldError: naming ``name``; the value is shown cut short.
-    """
-    if not pattern.match(value):
-        kind = "DNS-1123 subdomain" if pattern is DNS_SUBDOMAIN else "DNS-1123 label"
-        rule = (
-            "lower-case letters, digits, '-' and '.', at most 253"
-            if pattern is DNS_SUBDOMAIN
-            else "lower-case letters, digits and '-', at most 63"
-        )
-        raise _FieldError(
-            name, f"{_show(value)} is not a valid Kubernetes name ({kind}: {rule} characters, "
-            "starting and ending with a letter or digit)"
-        )
-
-
-def check_url(url: str, name: str) -> urllib.parse.SplitResult:
-    """Refuse anything but a plain ``http(s)://host[:port][/path]`` URL.
-
-    Credentials in the URL (``user:password@``) are refused without echoing the URL: they would
-    be printed in messages and stored in every artifact that names the server.
-
-    Raises:
-        _FieldError: naming ``name``.
-    """
-    if "@" in url:
-        raise _FieldError(
-            name, "must not carry credentials (user:password@host); give them in "
-            "prometheus.auth (secret_file or secret_env), never in a URL"
-        )
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url) or len(url) > 2048:
-        raise _FieldError(name, f"{_show(url)} is not an http(s) URL")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        raise _FieldError(name, f"{_show(url)} is not an http(s) URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _FieldError(name, f"{_show(url)} is not an http(s) URL")
-    if parts.query or parts.fragment or url.endswith(("?", "#")):
-        raise _FieldError(name, "must not carry a query string or fragment")
-    return parts
+SettingsError = BadInputError
+"""A bad service config: the one input-error type; the message is one line naming the file,
+service and field."""
 
 
 def is_loopback(host: str | None) -> bool:
@@ -197,47 +115,50 @@ def is_loopback(host: str | None) -> bool:
 # fleet-level settings
 
 
-@dataclass(frozen=True)
-class AuthSettings:
+class AuthSettings(Spec):
     """How surgecast authenticates to Prometheus."""
 
-    type: str = "none"
+    type: OneOf(*AUTH_TYPES) = "none"
     """``none``, ``bearer`` (``Authorization: Bearer <token>``) or ``basic`` (user + password)."""
 
-    username: str | None = None
+    username: Text | None = None
     """Basic auth only: the user name."""
 
-    secret_file: str | None = None
+    secret_file: Text | None = None
     """File holding the bearer token or the basic-auth password (read once, stripped)."""
 
-    secret_env: str | None = None
+    secret_env: Matching(ENV_NAME, "an environment variable name") | None = None
     """NAME of the environment variable holding the token or password (read once at load)."""
 
-    secret: str | None = field(default=None, repr=False, compare=False)
+    secret: str | None = Field(default=None, repr=False, exclude=True)
     """The token or password itself, filled in by :func:`load_settings`; never in the file."""
 
-    def __post_init__(self) -> None:
-        if self.type not in AUTH_TYPES:
-            raise _FieldError("type", f"{_show(self.type)} is not one of {', '.join(AUTH_TYPES)}")
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_in_the_file(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get("file") and isinstance(data, Mapping):
+            if "secret" in data:
+                raise FieldProblem("secret", "unknown key")
+        return data
+
+    @model_validator(mode="after")
+    def _rules(self) -> AuthSettings:
         given = [k for k in ("secret_file", "secret_env") if getattr(self, k) is not None]
         if self.type == "none":
             if given or self.username is not None:
-                raise _FieldError(given[0] if given else "username", "set, but type is none")
-            return
+                raise FieldProblem(given[0] if given else "username", "set, but type is none")
+            return self
         if len(given) != 1:
-            raise _FieldError("secret_file", "give exactly one of secret_file or secret_env")
-        if self.secret_env is not None and not _ENV_NAME.match(self.secret_env):
-            raise _FieldError(
-                "secret_env", f"{_show(self.secret_env)} is not an environment variable name"
-            )
+            raise FieldProblem("secret_file", "give exactly one of secret_file or secret_env")
         if self.type == "basic":
             if not self.username:
-                raise _FieldError("username", "basic auth needs a user name")
+                raise FieldProblem("username", "basic auth needs a user name")
             # RFC 7617 section 2: the user-id of Basic auth must not contain a colon.
             if ":" in self.username or any(ord(c) < 32 for c in self.username):
-                raise _FieldError("username", "must not contain ':' or control characters")
+                raise FieldProblem("username", "must not contain ':' or control characters")
         if self.type == "bearer" and self.username is not None:
-            raise _FieldError("username", "bearer auth takes no user name")
+            raise FieldProblem("username", "bearer auth takes no user name")
+        return self
 
     @property
     def headers(self) -> dict[str, str]:
@@ -254,37 +175,42 @@ class AuthSettings:
         return None
 
 
-@dataclass(frozen=True)
-class PrometheusSettings:
+def _max_points(value: int) -> int:
+    if not 2 <= value <= MAX_POINTS_PER_SERIES:
+        raise ValueError(f"must be in 2..{MAX_POINTS_PER_SERIES}, got {value}")
+    return value
+
+
+class PrometheusSettings(Spec):
     """Where and how the RPS histories are read."""
 
-    url: str = "http://localhost:9090"
+    url: Url = "http://localhost:9090"
     """Base URL of the Prometheus HTTP API (``http(s)://host:port[/prefix]``); no credentials,
     query string or fragment."""
 
-    timeout_s: float = 10.0
+    timeout_s: Seconds(0, 300, low_open=True) = 10.0
     """Timeout of connecting and of each read from the socket (s), in (0, 300]."""
 
-    query_deadline_s: float = 30.0
+    query_deadline_s: Seconds(0, 600, low_open=True) = 30.0
     """Whole-exchange deadline of one HTTP request, whatever the server does (s), in (0, 600]:
     a server that answers one byte at a time is cut off here, not after ``timeout_s`` per byte."""
 
-    attempts: int = 3
+    attempts: Integer(1, 10) = 3
     """Tries per range query, the first included (connection errors, timeouts, 5xx, 429), 1..10."""
 
-    backoff_s: float = 1.0
+    backoff_s: Seconds(0, 60, low_open=True) = 1.0
     """Wait before the first retry; doubles each time (s), in (0, 60]."""
 
-    verify_tls: bool = True
+    verify_tls: Flag = True
     """Verify the server's TLS certificate (https URLs). Off only for a lab."""
 
-    ca_file: str | None = None
+    ca_file: Text | None = None
     """CA bundle that signs the server's certificate (PEM); None: the system's CAs."""
 
-    max_points: int = MAX_POINTS_PER_SERIES
+    max_points: Annotated[int, Strict(), AfterValidator(_max_points)] = MAX_POINTS_PER_SERIES
     """Most points per series in one range query; longer ranges are split into chunks."""
 
-    allow_insecure_auth: bool = False
+    allow_insecure_auth: Flag = False
     """LAB ONLY. Send the token or password over plain ``http://`` to a host that is not a
     loopback address, where anyone on the path can read it. Never set it in production: give
     Prometheus an ``https://`` URL instead."""
@@ -292,296 +218,187 @@ class PrometheusSettings:
     auth: AuthSettings = AuthSettings()
     """Authentication (bearer token or basic auth)."""
 
-    def __post_init__(self) -> None:
-        parts = check_url(str(self.url), "url")
-        _in_range(self, "timeout_s", 0, 300, low_open=True, unit=" s")
-        _in_range(self, "query_deadline_s", 0, 600, low_open=True, unit=" s")
-        _in_range(self, "backoff_s", 0, 60, low_open=True, unit=" s")
-        _int_range(self, "attempts", 1, 10)
-        if not 2 <= self.max_points <= MAX_POINTS_PER_SERIES:
-            raise _FieldError(
-                "max_points", f"must be in 2..{MAX_POINTS_PER_SERIES}, got {self.max_points}"
-            )
+    @model_validator(mode="after")
+    def _no_secret_in_clear(self) -> PrometheusSettings:
+        parts = check_url(self.url)
         if (
             self.auth.type != "none"
             and parts.scheme == "http"
             and not is_loopback(parts.hostname)
             and not self.allow_insecure_auth
         ):
-            raise _FieldError(
+            raise FieldProblem(
                 "auth",
                 f"{self.auth.type} auth over plain http:// would send the secret in clear text "
                 f"to {parts.hostname}; use an https:// URL (allow_insecure_auth: true is a "
                 "lab-only switch)",
             )
+        return self
 
 
-@dataclass(frozen=True)
-class ArtifactSettings:
+class ArtifactSettings(Spec):
     """Where forecasts, plans, decision records and fitted models are kept."""
 
-    root: str = "artifacts"
+    root: Text = "artifacts"
     """Local directory (relative to the config file) or fsspec URL (``s3://bucket/prefix``)."""
 
-    retention_days: float = 14.0
+    retention_days: Number(1, 3650, unit=" days") = 14.0
     """Artifacts older than this many days are deleted (the newest model is always kept); at
     least 1 (less would delete the records of the day being written), at most 3650."""
 
-    actuator_dir: str | None = None
+    actuator_dir: Text | None = None
     """Local directory for the actuator's own record lines when ``root`` is a remote URL
     (None: ``root`` itself when local, else a ``surgecast-actuator`` folder in the temp dir)."""
 
-    def __post_init__(self) -> None:
-        if not str(self.root).strip():
-            raise _FieldError("root", "must not be empty")
-        if "\x00" in self.root:
-            raise _FieldError("root", "must not contain NUL characters")
-        if "://" in self.root and "@" in self.root.split("://", 1)[1].split("/", 1)[0]:
-            raise _FieldError(
-                "root", "must not carry credentials (user:password@); use the storage's own "
+    @field_validator("root")
+    @classmethod
+    def _root(cls, root: str) -> str:
+        if not root.strip():
+            raise ValueError("must not be empty")
+        if "\x00" in root:
+            raise ValueError("must not contain NUL characters")
+        if "://" in root and "@" in root.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "must not carry credentials (user:password@); use the storage's own "
                 "credential chain (environment, instance role)"
             )
-        _in_range(self, "retention_days", 1, 3650, unit=" days")
+        return root
 
 
-@dataclass(frozen=True)
-class KubernetesSettings:
+class KubernetesSettings(Spec):
     """How the actuator reaches the cluster."""
 
-    kubeconfig: str | None = None
+    kubeconfig: Text | None = None
     """kubeconfig file; None: ``$KUBECONFIG``/``~/.kube/config``, then the in-cluster account."""
 
-    context: str | None = None
+    context: Text | None = None
     """kubeconfig context; None: the current one."""
 
-    host: str | None = None
+    host: Url | None = None
     """Plain API server URL without credentials (``kubectl proxy``, tests); overrides the rest."""
-
-    def __post_init__(self) -> None:
-        if self.host is not None:
-            check_url(self.host, "host")
 
 
 # --------------------------------------------------------------------------------------------
-# per-service settings
+# per-service settings: what forecasting needs on top of the actuation spec
 
 
-@dataclass(frozen=True)
-class DataSettings:
+class DataSettings(Spec):
     """What an RPS history read from Prometheus must satisfy before anything acts on it."""
 
-    step_s: float = 60.0
+    step_s: Seconds(1, 3600) = 60.0
     """Resolution of the history (s), in [1, 3600]: the range query's step and the forecast's."""
 
-    max_staleness_s: float = 180.0
+    max_staleness_s: Seconds(0, 86_400, low_open=True) = 180.0
     """Refuse the history when its last sample is older than this before ``now`` (s)."""
 
-    max_gap_steps: int = 60
+    max_gap_steps: Integer(0, 100_000) = 60
     """Longest run of missing points that is filled; a longer gap is refused."""
 
-    max_missing_share: float = 0.2
-    """Refuse the history when more than this share of its points is missing."""
+    max_missing_share: Annotated[float, Strict()] = 0.2
+    """Refuse the history when more than this share of its points is missing, in [0, 1)."""
 
-    max_rps: float | None = None
+    max_rps: Number(0, 1e12, low_open=True, unit=" rps") | None = None
     """Absolute ceiling (rps): a history with any sample above it is refused as implausible.
     None: no ceiling (the jump check below still applies)."""
 
-    jump_factor: float = 10.0
+    jump_factor: Number(1, 1e9, low_open=True) = 10.0
     """A sample more than this many times the recent robust maximum (the highest
     ``2 * jump_confirm_steps - 1``-point running median over the day before it, at least
     ``jump_floor_rps``) is a jump that must be confirmed. On the bundled traces (the Twitter
     flash crowd included) no sample exceeds 1.2x (Twitter) or 1.5x (Azure, 10 s) that maximum
     after the first day."""
 
-    jump_confirm_steps: int = 3
+    jump_confirm_steps: Integer(1, 1440) = 3
     """Consecutive samples a jump needs before the history is used: a newer, shorter jump
     refuses the history (``implausible``); an older one that did not last is dropped as missing."""
 
-    jump_floor_rps: float = 1.0
+    jump_floor_rps: Number(0, 1e12, unit=" rps") = 1.0
     """The robust maximum is taken as at least this (rps), so a service waking from zero load is
     not a jump."""
 
-    def __post_init__(self) -> None:
-        _in_range(self, "step_s", 1, 3600, unit=" s")
-        _in_range(self, "max_staleness_s", 0, 86_400, low_open=True, unit=" s")
-        _int_range(self, "max_gap_steps", 0, 100_000)
-        if not 0 <= self.max_missing_share < 1:
-            raise _FieldError(
-                "max_missing_share", f"must be in [0, 1), got {self.max_missing_share}"
-            )
-        if self.max_rps is not None:
-            _in_range(self, "max_rps", 0, 1e12, low_open=True, unit=" rps")
-        _in_range(self, "jump_factor", 1, 1e9, low_open=True)
-        _int_range(self, "jump_confirm_steps", 1, 1440)
-        _in_range(self, "jump_floor_rps", 0, 1e12, unit=" rps")
+    @field_validator("max_missing_share")
+    @classmethod
+    def _share(cls, value: float) -> float:
+        if not 0 <= value < 1:
+            raise ValueError(f"must be in [0, 1), got {value}")
+        return value
 
 
-@dataclass(frozen=True)
-class ForecastSettings:
+class ForecastSettings(Spec):
     """The forecasting model of a service and how often it is refitted."""
 
-    model: str = "hybrid"
+    model: OneOf(*MODELS) = "hybrid"
     """Registered model: hybrid, lgbm_lags, ets, seasonal_naive or naive."""
 
-    quantiles: tuple[float, ...] = QUANTILES
+    quantiles: Annotated[tuple[Annotated[float, Strict()], ...], Field(max_length=100)] = QUANTILES
     """Quantiles stored with every forecast (a subset of the models' 0.5, 0.9, 0.95, 0.99)."""
 
-    plan_quantile: float = 0.95
+    plan_quantile: Annotated[float, Strict()] = 0.95
     """The quantile the planner sizes capacity for; one of ``quantiles``."""
 
-    horizon_steps: int = 15
+    horizon_steps: Annotated[int, Strict()] = 15
     """Forecast steps ahead (of ``data.step_s``), 1..1440."""
 
-    history_days: float = 3.0
+    history_days: Number(0, 60, low_open=True, unit=" days") = 3.0
     """History read every run: the model's context (one day + one step for the seasonal
     models) and enough for a seasonal-naive fallback to be calibrated (about 2.1 days)."""
 
-    fit_days: float = 8.0
+    fit_days: Number(0, 60, low_open=True, unit=" days") = 8.0
     """History a (re)fit reads (the model trains on up to its last 7 days, after calibration);
     at most 60 days."""
 
-    refit_every_h: float = 24.0
+    refit_every_h: Number(0, 720, low_open=True, unit=" h") = 24.0
     """A stored model older than this is refitted by the retraining run (h), at most 30 days."""
 
-    seed: int = 0
+    seed: Integer(0, 2**32 - 1) = 0
     """Seed of every stochastic part of the model (0..2**32 - 1, numpy's range)."""
 
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise _FieldError("model", f"{_show(self.model)} is not one of {', '.join(MODELS)}")
-        bad = [q for q in self.quantiles if not any(math.isclose(q, m) for m in QUANTILES)]
-        if not self.quantiles or bad or len(self.quantiles) > len(QUANTILES):
-            raise _FieldError(
-                "quantiles",
-                f"{list(self.quantiles)[:8]}: each must be one of "
-                f"{', '.join(map(str, QUANTILES))}",
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [q for q in value if not any(math.isclose(q, m) for m in QUANTILES)]
+        if not value or bad or len(value) > len(QUANTILES):
+            raise ValueError(
+                f"{list(value)[:8]}: each must be one of {', '.join(map(str, QUANTILES))}"
             )
+        return value
+
+    @field_validator("horizon_steps")
+    @classmethod
+    def _horizon(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be an integer >= 1, got {value}")
+        if value > 1440:
+            raise ValueError(f"must be an integer in 1..1440, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ForecastSettings:
         if not any(math.isclose(self.plan_quantile, q) for q in self.quantiles):
-            raise _FieldError(
+            raise FieldProblem(
                 "plan_quantile", f"{self.plan_quantile} is not one of quantiles {self.quantiles}"
             )
-        if self.horizon_steps < 1:
-            raise _FieldError(
-                "horizon_steps", f"must be an integer >= 1, got {self.horizon_steps}"
-            )
-        _int_range(self, "horizon_steps", 1, 1440)
-        _in_range(self, "history_days", 0, 60, low_open=True, unit=" days")
-        _in_range(self, "fit_days", 0, 60, low_open=True, unit=" days")
-        _in_range(self, "refit_every_h", 0, 720, low_open=True, unit=" h")
-        _int_range(self, "seed", 0, 2**32 - 1)
         if self.fit_days < self.history_days:
-            raise _FieldError(
+            raise FieldProblem(
                 "fit_days", f"{self.fit_days} is shorter than history_days {self.history_days}"
             )
+        return self
 
 
-@dataclass(frozen=True)
-class WorkloadSettings:
-    """One Deployment of a service (one per pipeline stage)."""
+class ServiceSettings(ServiceSpec):
+    """Everything surgecast knows about one service: the actuation spec
+    (:class:`actuator.spec.ServiceSpec`, whose defaults are the only ones) and what the
+    forecasting side needs on top of it."""
 
-    deployment: str
-    """The Deployment's name (in the service's namespace), a DNS-1123 subdomain."""
-
-    container: str = "server"
-    """The container whose CPU is resized (the model server), a DNS-1123 label."""
-
-    stage: str | None = None
-    """The profile stage this Deployment runs; None for a single-stage service."""
-
-    bounds: Bounds = field(default_factory=Bounds)
-    """Hard limits: replicas, integer cores per pod, batch. The config must state
-    min/max replicas and min/max cores (in the service or in ``defaults.bounds``)."""
-
-    hpa: str | None = None
-    """The HorizontalPodAutoscaler that scales this Deployment, if any (None: looked up)."""
-
-    batch_env: str | None = None
-    """Container env var holding the batch size, if the model server reads one."""
-
-    def __post_init__(self) -> None:
-        check_name(self.deployment, "deployment", DNS_SUBDOMAIN)
-        check_name(self.container, "container", DNS_LABEL)
-        if self.hpa is not None:
-            check_name(self.hpa, "hpa", DNS_SUBDOMAIN)
-        if self.batch_env is not None and not _ENV_NAME.match(self.batch_env):
-            raise _FieldError("batch_env", f"{_show(self.batch_env)} is not an env var name")
-        if self.stage is not None and not re.match(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$",
-                                                   self.stage):
-            raise _FieldError("stage", f"{_show(self.stage)} is not a stage name")
-        b = self.bounds
-        for name, value, top in (("max_replicas", b.max_replicas, MAX_REPLICAS),
-                                 ("max_cores", b.max_cores, MAX_CORES),
-                                 ("max_batch", b.max_batch, MAX_BATCH)):
-            if value > top:
-                raise _FieldError(f"bounds.{name}", f"must be at most {top}, got {value}")
-
-
-_STEP_NULL = (
-    "null no longer means unlimited: give a number (an integer >= 1; the default is 4)"
-)
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """Everything surgecast knows about one service."""
-
-    name: str
-    """The service's name, a DNS-1123 label: artifact folders, metrics labels, the Lease and
-    records use it."""
-
-    query: str
+    query: Text
     """PromQL expression whose value is the service's load in requests per second, e.g.
     ``sum(rate(http_requests_total{service="resnet"}[1m]))``; one series."""
 
-    namespace: str
-    """The namespace of every Deployment of the service, a DNS-1123 label."""
-
-    workloads: tuple[WorkloadSettings, ...]
-    """One Deployment per stage (the allow-list). A single-stage service may give
-    ``deployment``, ``container`` (and ``bounds``, ``hpa``, ``batch_env``) at the top level."""
-
-    profile: str
+    profile: Text
     """Latency profile or pipeline: a file (relative to the config file) or a bundled name."""
 
-    slo_ms: float
+    slo_ms: Number(0, 600_000, low_open=True, unit=" ms")
     """End-to-end latency SLO at the profile's percentile (ms), in (0, 600000]."""
-
-    mode: str = "shadow"
-    """``shadow`` (compute, dry-run and record; patch nothing) or ``active`` (patch). ``active``
-    only in the service's own table, never from ``defaults``."""
-
-    cold_start_s: float = 60.0
-    """Time for a new replica to become ready (s), in [0, 3600]."""
-
-    resize_s: float = 2.0
-    """Time for an in-place CPU resize to take effect (s), in [0, 600]."""
-
-    stabilisation_s: float = 300.0
-    """No scale-in within this long after the last scale-up (s), in [0, 86400]."""
-
-    plan_expiry_s: float = 600.0
-    """A plan older than this when the actuator runs is never applied (s), in (0, 86400]."""
-
-    max_replica_step: int = 4
-    """Replicas one run may add or remove per Deployment, at least (an integer >= 1; there is
-    no "unlimited"). With ``max_step_ratio`` the step is ``max(this, ceil(ratio * current))``."""
-
-    max_core_step: int = 4
-    """Cores per pod one run may add or remove, at least (an integer >= 1; same rule)."""
-
-    max_step_ratio: float = 1.0
-    """Proportional part of both step limits, in [0, 10] (1.0: at most double or halve per run,
-    or the absolute step if larger: the Kubernetes HPA's default "4 pods or 100 %" policy)."""
-
-    resize_timeout_s: float = 30.0
-    """How long a run waits for in-place resizes before adding replicas instead (s), [0, 600]."""
-
-    rewrite_template: bool = False
-    """Also write the target cores into the pod template while the load is stable."""
-
-    kill_switch: str = "surgecast-control"
-    """ConfigMap whose ``data.paused: "true"`` pauses the actuator: a name in the service's
-    namespace, or ``namespace/name`` for one switch across namespaces."""
 
     data: DataSettings = DataSettings()
     """Checks on the RPS history."""
@@ -589,47 +406,19 @@ class ServiceSettings:
     forecast: ForecastSettings = ForecastSettings()
     """Model, quantiles, horizon, history windows and refit cadence."""
 
-    def __post_init__(self) -> None:
-        check_name(self.name, "name", DNS_LABEL)
-        if not self.query.strip() or len(self.query) > 10_000 or "\x00" in self.query:
-            raise _FieldError("query", "must be a PromQL expression (at most 10000 characters)")
-        check_name(self.namespace, "namespace", DNS_LABEL)
-        if "/" in self.kill_switch:
-            switch_ns, switch = self.kill_switch.split("/", 1)
-            check_name(switch_ns, "kill_switch", DNS_LABEL)
-            check_name(switch, "kill_switch", DNS_SUBDOMAIN)
-        else:
-            check_name(self.kill_switch, "kill_switch", DNS_SUBDOMAIN)
-        if self.mode not in MODES:
-            raise _FieldError("mode", f"{_show(self.mode)} is not one of {', '.join(MODES)}")
-        if not (math.isfinite(self.slo_ms) and self.slo_ms > 0):
-            raise _FieldError("slo_ms", f"must be > 0, got {self.slo_ms}")
-        _in_range(self, "slo_ms", 0, 600_000, low_open=True, unit=" ms")
-        _in_range(self, "cold_start_s", 0, 3600, unit=" s")
-        _in_range(self, "resize_s", 0, 600, unit=" s")
-        _in_range(self, "stabilisation_s", 0, 86_400, unit=" s")
-        _in_range(self, "plan_expiry_s", 0, 86_400, low_open=True, unit=" s")
-        _in_range(self, "resize_timeout_s", 0, 600, unit=" s")
-        _in_range(self, "max_step_ratio", 0, 10)
-        for key in ("max_replica_step", "max_core_step"):
-            if getattr(self, key) < 1:
-                raise _FieldError(key, f"must be an integer >= 1, got {getattr(self, key)}")
-        _int_range(self, "max_replica_step", 1, MAX_REPLICAS)
-        _int_range(self, "max_core_step", 1, MAX_CORES)
-        deployments = [w.deployment for w in self.workloads]
-        if len(set(deployments)) != len(deployments):
-            raise _FieldError("workloads", f"a Deployment is named twice in {deployments}")
-
-    @property
-    def active(self) -> bool:
-        return self.mode == "active"
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if not value.strip() or len(value) > 10_000 or "\x00" in value:
+            raise ValueError("must be a PromQL expression (at most 10000 characters)")
+        return value
 
     @property
     def step_s(self) -> float:
         return self.data.step_s
 
     def policy(self) -> PolicySettings:
-        """The planner's settings for this service."""
+        """The planner's settings for this service (its timings come from the spec)."""
         lows = [w.bounds.min_replicas for w in self.workloads]
         highs = [w.bounds.max_replicas for w in self.workloads]
         return PolicySettings(
@@ -643,15 +432,8 @@ class ServiceSettings:
         )
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The whole config: fleet settings and every service."""
-
-    source: str
-    """The file the settings were read from (for messages)."""
-
-    services: tuple[ServiceSettings, ...]
-    """Every managed service, in file order."""
+class Fleet(Spec):
+    """The fleet-level part of the file: everything but ``defaults`` and ``services``."""
 
     prometheus: PrometheusSettings = PrometheusSettings()
     """The Prometheus the histories come from."""
@@ -662,17 +444,44 @@ class Settings:
     kubernetes: KubernetesSettings = KubernetesSettings()
     """How the actuator reaches the cluster."""
 
-    pushgateway_url: str | None = None
-    """Prometheus Pushgateway that receives run metrics (None: no metrics)."""
+    pushgateway_url: Url | None = None
+    """Prometheus Pushgateway that receives run metrics (None: no metrics); every service's
+    spec carries it."""
 
-    run_interval_s: float = 300.0
+    run_interval_s: Seconds(30, 3600) = DEFAULTS.run_interval_s
     """Time between two scaling runs (s), in [30, 3600]: the schedule of the scaling DAG, and
-    how far ahead the actuator applies plan steps."""
+    how far ahead the actuator applies plan steps; every service's spec carries it."""
 
-    run_timeout_s: float = DEFAULT_RUN_TIMEOUT_S
+    run_timeout_s: Annotated[float, Strict()] | None = None
     """Budget of one service's run (s), in [1, run_interval_s]: reading, forecasting, planning
     and acting for one service end by then (a run that outlives the interval would overlap the
     next). Not given: 120 s, or ``run_interval_s`` if that is shorter."""
+
+    @model_validator(mode="after")
+    def _timeout(self) -> Fleet:
+        if self.run_timeout_s is None:  # its default depends on the interval: filled in once,
+            # here, while the model is built (frozen models have no other hook for it)
+            object.__setattr__(
+                self, "run_timeout_s", min(DEFAULT_RUN_TIMEOUT_S, self.run_interval_s)
+            )
+        timeout, interval = self.run_timeout_s, self.run_interval_s
+        if not 1 <= timeout <= interval:
+            raise FieldProblem(
+                "run_timeout_s",
+                f"must be in [1, run_interval_s = {interval:g}] s (a run must end before the "
+                f"next one starts), got {timeout:g}",
+            )
+        return self
+
+
+class Settings(Fleet):
+    """The whole config: fleet settings and every service."""
+
+    source: str = "<config>"
+    """The file the settings were read from (for messages)."""
+
+    services: tuple[ServiceSettings, ...] = ()
+    """Every managed service, in file order."""
 
     def service(self, name: str) -> ServiceSettings:
         """The service called ``name``.
@@ -684,66 +493,24 @@ class Settings:
             if svc.name == name:
                 return svc
         have = ", ".join(s.name for s in self.services)
-        raise SettingsError(f"{self.source}: no service {_show(name)}; the config has {have}")
+        raise SettingsError(f"{self.source}: no service {show(name)}; the config has {have}")
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.services]
 
-    def actuator_config(self, name: str) -> ServiceConfig:
-        """The actuator's settings for one service."""
-        svc = self.service(name)
-        try:
-            return _actuator_config(svc, self)
-        except ActuatorInputError as exc:  # validated at load; kept for a changed actuator
-            raise SettingsError(f"{self.source}: service {name}: {exc}") from None
-
-
-def _actuator_config(svc: ServiceSettings, settings: Settings) -> ServiceConfig:
-    return ServiceConfig(
-        service=svc.name,
-        namespace=svc.namespace,
-        workloads=tuple(
-            WorkloadConfig(
-                deployment=w.deployment,
-                container=w.container,
-                stage=w.stage,
-                bounds=w.bounds,
-                hpa=w.hpa,
-                batch_env=w.batch_env,
-            )
-            for w in svc.workloads
-        ),
-        mode=svc.mode,
-        max_replica_step=svc.max_replica_step,
-        max_core_step=svc.max_core_step,
-        max_step_ratio=svc.max_step_ratio,
-        stabilisation_s=svc.stabilisation_s,
-        plan_expiry_s=svc.plan_expiry_s,
-        run_interval_s=settings.run_interval_s,
-        resize_timeout_s=svc.resize_timeout_s,
-        rewrite_template=svc.rewrite_template,
-        pushgateway_url=settings.pushgateway_url,
-        kill_switch=svc.kill_switch,
-        cold_start_s=svc.cold_start_s,
-    )
+    def actuator_config(self, name: str) -> ServiceSpec:
+        """The actuation spec of one service (the service's settings are one)."""
+        return self.service(name)
 
 
 # --------------------------------------------------------------------------------------------
 # loading
 
 
-FLEET_KEYS = (
-    "prometheus",
-    "artifacts",
-    "kubernetes",
-    "pushgateway_url",
-    "run_interval_s",
-    "run_timeout_s",
-    "defaults",
-    "services",
-)
-_WORKLOAD_KEYS = ("deployment", "container", "stage", "bounds", "hpa", "batch_env")
+FLEET_KEYS = (*Fleet.model_fields, "defaults", "services")
+_FROM_THE_FLEET = ("run_interval_s", "pushgateway_url")
+"""Spec fields a fleet file gives once at the top level, for every service."""
 _NOT_IN_DEFAULTS = ("name", "workloads", "deployment")
 """Keys that identify a service or what it owns: given once per service, never inherited."""
 
@@ -762,7 +529,12 @@ def load_settings(path: str | Path, *, environ: Mapping[str, str] | None = None)
     file = Path(path)
     where = str(file)
     if file.exists() and not file.is_file():  # a FIFO or device would block the read
-        raise SettingsError(f"{where}: not a regular file")
+        raise SettingsError(f"{where}: not a regular file (a config is a YAML file)")
+    if file.suffix.lower() in (".toml", ".json"):
+        raise SettingsError(
+            f"{where}: service configs are YAML now (one file for run and apply); move the "
+            "service's keys under services: in a .yaml file (see data/services.example.yaml)"
+        )
     try:
         with file.open("rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
@@ -803,54 +575,37 @@ def settings_from_dict(
     environ = os.environ if environ is None else environ
     base = Path(".") if base is None else base
     if not isinstance(data, dict):
-        raise SettingsError(f"{source}: expected a mapping at the top level, got {_kind(data)}")
-    unknown = sorted(map(_key, set(data) - set(FLEET_KEYS)))
+        raise SettingsError(f"{source}: expected a mapping at the top level, got {kind(data)}")
+    unknown = sorted(_key(k) for k in set(data) - set(FLEET_KEYS))
     if unknown:
         raise SettingsError(f"{source}: unknown key(s) {', '.join(unknown)}")
-
-    def fleet(key: str, cls: type):
-        value = data.get(key)
-        try:
-            return _build(cls, {} if value is None else value, key)
-        except _FieldError as exc:
-            raise SettingsError(f"{source}: {exc}") from None
-
-    prometheus = fleet("prometheus", PrometheusSettings)
-    prometheus = _with_secret(prometheus, base, environ, source)
-    artifacts = fleet("artifacts", ArtifactSettings)
-    kubernetes = fleet("kubernetes", KubernetesSettings)
+    fleet_data = {
+        k: ({} if v is None and k in ("prometheus", "artifacts", "kubernetes") else v)
+        for k, v in data.items()
+        if k in Fleet.model_fields
+    }
+    fleet = parse(Fleet, fleet_data, source, context={"file": True})
+    prometheus = _with_secret(fleet.prometheus, base, environ, source)
     try:
-        artifacts = _resolve_root(artifacts, base)
+        artifacts = _resolve_root(fleet.artifacts, base)
+        kubernetes = fleet.kubernetes
         if kubernetes.kubeconfig is not None:
-            kubeconfig = str(_path(kubernetes.kubeconfig, base, "kubernetes.kubeconfig"))
-            kubernetes = _replace(kubernetes, kubeconfig=kubeconfig)
-        pushgateway = _convert(data.get("pushgateway_url"), str | None, "pushgateway_url")
-        if pushgateway is not None:
-            check_url(pushgateway, "pushgateway_url")
-        interval = _convert(data.get("run_interval_s", 300.0), float, "run_interval_s")
-        if not 30 <= interval <= 3600:
-            raise _FieldError("run_interval_s", f"must be in [30, 3600] s, got {interval:g}")
-        timeout = _convert(
-            data.get("run_timeout_s", min(DEFAULT_RUN_TIMEOUT_S, interval)), float,
-            "run_timeout_s",
-        )
-        if not 1 <= timeout <= interval:
-            raise _FieldError(
-                "run_timeout_s",
-                f"must be in [1, run_interval_s = {interval:g}] s (a run must end before the "
-                f"next one starts), got {timeout:g}",
-            )
-    except _FieldError as exc:
+            kubeconfig = str(_file(kubernetes.kubeconfig, base, "kubernetes.kubeconfig"))
+            kubernetes = kubernetes.model_copy(update={"kubeconfig": kubeconfig})
+    except FieldProblem as exc:
         raise SettingsError(f"{source}: {exc}") from None
 
     defaults = data.get("defaults")
     defaults = {} if defaults is None else defaults
     if not isinstance(defaults, dict):
-        raise SettingsError(f"{source}: defaults: expected a mapping, got {_kind(defaults)}")
+        raise SettingsError(f"{source}: defaults: expected a mapping, got {kind(defaults)}")
     for key in _NOT_IN_DEFAULTS:
         if key in defaults:
             raise SettingsError(f"{source}: defaults.{key}: give it in each service, not in "
                                 "defaults")
+    for key in _FROM_THE_FLEET:
+        if key in defaults:
+            raise SettingsError(f"{source}: defaults.{key}: give it once at the top level")
     if defaults.get("mode") == "active":
         raise SettingsError(
             f"{source}: defaults.mode: active must be set in each service's own table, never "
@@ -864,7 +619,7 @@ def settings_from_dict(
     owners: dict[tuple[str, str], str] = {}
     for i, raw in enumerate(raw_services):
         if not isinstance(raw, dict):
-            raise SettingsError(f"{source}: services[{i}]: expected a mapping, got {_kind(raw)}")
+            raise SettingsError(f"{source}: services[{i}]: expected a mapping, got {kind(raw)}")
         name = raw.get("name")
         label = (
             f"service {name}"
@@ -873,10 +628,15 @@ def settings_from_dict(
         )
         if isinstance(name, str) and name in seen:
             raise SettingsError(f"{source}: {label}: name: given twice")
+        for key in _FROM_THE_FLEET:
+            if key in raw:
+                raise SettingsError(f"{source}: {label}: {key}: give it once at the top level")
         merged = _deep_merge(defaults, raw)
+        merged.update(run_interval_s=fleet.run_interval_s, pushgateway_url=fleet.pushgateway_url)
+        svc = parse(ServiceSettings, merged, f"{source}: {label}", flat="workloads" not in merged)
         try:
-            svc = _service(merged, base)
-        except _FieldError as exc:
+            svc = _check_profile(svc, base)
+        except FieldProblem as exc:
             raise SettingsError(f"{source}: {label}: {exc}") from None
         seen.add(svc.name)
         for w in svc.workloads:
@@ -888,62 +648,12 @@ def settings_from_dict(
                 )
             owners[key] = svc.name
         services.append(svc)
-    settings = Settings(
+    return Settings(
+        **{**dict(fleet), "prometheus": prometheus, "artifacts": artifacts,
+           "kubernetes": kubernetes},
         source=source,
         services=tuple(services),
-        prometheus=prometheus,
-        artifacts=artifacts,
-        kubernetes=kubernetes,
-        pushgateway_url=pushgateway,
-        run_interval_s=interval,
-        run_timeout_s=timeout,
     )
-    for svc in settings.services:
-        try:
-            _actuator_config(svc, settings)
-        except ActuatorInputError as exc:
-            raise SettingsError(f"{source}: service {svc.name}: {_one_line(exc)}") from None
-    return settings
-
-
-def _service(data: dict, base: Path) -> ServiceSettings:
-    data = dict(data)
-    flat = {k: data.pop(k) for k in _WORKLOAD_KEYS if k in data and k != "bounds"}
-    bounds = data.pop("bounds", None)
-    if bounds is not None and not isinstance(bounds, dict):
-        raise _FieldError("bounds", f"expected a mapping, got {_kind(bounds)}")
-    if "workloads" in data and flat:
-        raise _FieldError(next(iter(flat)), "give either workloads or deployment, not both")
-    raw = data.get("workloads") if "workloads" in data else [flat]
-    if not isinstance(raw, list) or not raw:
-        raise _FieldError("workloads", "expected a non-empty list of Deployments")
-    if len(raw) > 64:
-        raise _FieldError("workloads", f"at most 64 Deployments per service, got {len(raw)}")
-    workloads = []
-    for i, entry in enumerate(raw):
-        what = "workloads" if "workloads" in data else ""
-        prefix = f"{what}[{i}]." if what else ""
-        if not isinstance(entry, dict):
-            raise _FieldError(f"{what}[{i}]", f"expected a mapping, got {_kind(entry)}")
-        entry = dict(entry)
-        own = entry.get("bounds")
-        if own is not None and not isinstance(own, dict):
-            raise _FieldError(f"{prefix}bounds", f"expected a mapping, got {_kind(own)}")
-        entry["bounds"] = _deep_merge(bounds or {}, own or {})
-        for key in REQUIRED_BOUNDS:
-            if key not in entry["bounds"]:
-                raise _FieldError(
-                    f"{prefix}bounds.{key}",
-                    "missing: every Deployment states its bounds (give it in the service or in "
-                    "defaults.bounds)",
-                )
-        try:
-            workloads.append(_build(WorkloadSettings, entry, ""))
-        except _FieldError as exc:
-            raise exc.within(prefix) from None
-    data["workloads"] = workloads
-    svc = _build(ServiceSettings, data, "")
-    return _check_profile(svc, base)
 
 
 def _check_profile(svc: ServiceSettings, base: Path) -> ServiceSettings:
@@ -951,7 +661,7 @@ def _check_profile(svc: ServiceSettings, base: Path) -> ServiceSettings:
     the Deployments name its stages."""
     from surgecast.planning import load_profile
 
-    candidate = _path(svc.profile, base, "profile")
+    candidate = _file(svc.profile, base, "profile")
     try:
         exists = candidate.is_file()
     except OSError:
@@ -959,11 +669,11 @@ def _check_profile(svc: ServiceSettings, base: Path) -> ServiceSettings:
     profile = str(candidate) if exists else svc.profile
     try:
         pipeline = load_profile(profile)
-    except PlannerInputError as exc:
-        raise _FieldError("profile", _one_line(exc)) from None
+    except BadInputError as exc:
+        raise FieldProblem("profile", _one_line(exc)) from None
     stages = pipeline.stage_names
     if len(stages) != len(svc.workloads):
-        raise _FieldError(
+        raise FieldProblem(
             "workloads",
             f"profile {pipeline.name} has {len(stages)} stage(s) ({', '.join(stages)}), "
             f"the service names {len(svc.workloads)} Deployment(s)",
@@ -971,10 +681,10 @@ def _check_profile(svc: ServiceSettings, base: Path) -> ServiceSettings:
     if len(stages) > 1:
         named = sorted(str(w.stage) for w in svc.workloads)
         if named != sorted(stages):
-            raise _FieldError(
+            raise FieldProblem(
                 "workloads", f"stages {named} do not match the profile's {sorted(stages)}"
             )
-    return _replace(svc, profile=profile)
+    return svc.model_copy(update={"profile": profile})
 
 
 def _with_secret(
@@ -993,8 +703,8 @@ def _with_secret(
         value = value.strip()
     else:
         try:
-            secret_path = _path(str(auth.secret_file), base, "prometheus.auth.secret_file")
-        except _FieldError as exc:
+            secret_path = _file(str(auth.secret_file), base, "prometheus.auth.secret_file")
+        except FieldProblem as exc:
             raise SettingsError(f"{source}: {exc}") from None
         try:
             with secret_path.open("rb") as fh:
@@ -1014,24 +724,26 @@ def _with_secret(
             f"{source}: prometheus.auth.{what}: the secret holds control characters or is "
             "longer than 64 KiB"
         )
-    return _replace(prometheus, auth=_replace(auth, secret=value))
+    return prometheus.model_copy(update={"auth": auth.model_copy(update={"secret": value})})
 
 
 def _resolve_root(artifacts: ArtifactSettings, base: Path) -> ArtifactSettings:
     root = artifacts.root
     if "://" in root:
         return artifacts
-    return _replace(artifacts, root=str(_path(root, base, "artifacts.root").resolve()))
+    return artifacts.model_copy(
+        update={"root": str(_file(root, base, "artifacts.root").resolve())}
+    )
 
 
-def _path(text: str, base: Path, name: str) -> Path:
+def _file(text: str, base: Path, name: str) -> Path:
     """``text`` as a path, relative to ``base`` unless absolute (``~`` expanded)."""
     if "\x00" in text:
-        raise _FieldError(name, "must not contain NUL characters")
+        raise FieldProblem(name, "must not contain NUL characters")
     try:
         path = Path(text).expanduser()
     except RuntimeError:  # ~user that does not exist
-        raise _FieldError(name, f"{_show(text)}: cannot expand the home directory") from None
+        raise FieldProblem(name, f"{show(text)}: cannot expand the home directory") from None
     return path if path.is_absolute() else base / path
 
 
@@ -1044,101 +756,13 @@ def _deep_merge(defaults: Any, override: Any) -> Any:
     return override
 
 
-def _replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
+def _key(key: Any) -> str:
+    """A mapping key for messages: text as is (cut short), anything else shown by kind."""
+    return (key if len(key) <= 60 else f"{key[:57]}...") if isinstance(key, str) else show(key)
 
 
 def _one_line(text: Any) -> str:
     return " ".join(str(text).split())[:300]
-
-
-# --------------------------------------------------------------------------------------------
-# typed conversion of plain data into the dataclasses above
-
-
-_NULL_MESSAGES = {"max_replica_step": _STEP_NULL, "max_core_step": _STEP_NULL}
-
-
-def _build(cls: type, data: Any, where: str):
-    """``cls(**data)`` with every value checked against the field's annotation."""
-    prefix = f"{where}." if where else ""
-    if not isinstance(data, dict):
-        raise _FieldError(where or cls.__name__, f"expected a mapping, got {_kind(data)}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls) if f.name not in ("secret", "source")}
-    unknown = sorted(map(_key, set(data) - set(known)))
-    if unknown:
-        raise _FieldError(f"{prefix}{unknown[0]}", "unknown key")
-    missing = [n for n, f in known.items() if n not in data and f.default is MISSING
-               and f.default_factory is MISSING]
-    if missing:
-        raise _FieldError(f"{prefix}{missing[0]}", "missing")
-    values = {}
-    for name, value in data.items():
-        if value is None and name in _NULL_MESSAGES:
-            raise _FieldError(f"{prefix}{name}", _NULL_MESSAGES[name])
-        values[name] = _convert(value, hints[name], f"{prefix}{name}")
-    try:
-        return cls(**values)
-    except _FieldError as exc:
-        raise exc.within(prefix) from None
-    except (ValueError, TypeError) as exc:  # e.g. Bounds' own checks
-        raise _FieldError(where or cls.__name__, str(exc).removeprefix("bounds: ")) from None
-
-
-def _convert(value: Any, hint: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], name)
-    if value is None:
-        raise _FieldError(name, "must be given a value, got null")
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise _FieldError(name, f"expected a list, got {_kind(value)}")
-        if len(value) > 100:
-            raise _FieldError(name, f"at most 100 entries, got {len(value)}")
-        return tuple(_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
-    if is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        return _build(hint, value, name)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _FieldError(name, f"expected true or false, got {_show(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _FieldError(name, f"expected an integer, got {_show(value)}")
-        if abs(value) > 2**63:
-            raise _FieldError(name, f"{_show(value)} is out of range")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _FieldError(name, f"expected a number, got {_show(value)}")
-        try:
-            number = float(value)
-        except OverflowError:
-            raise _FieldError(name, f"{_show(value)} is out of range") from None
-        if not math.isfinite(number):
-            raise _FieldError(name, f"must be finite, got {value}")
-        return number
-    if hint is str:
-        if not isinstance(value, str):
-            raise _FieldError(name, f"expected text, got {_show(value)}")
-        return value
-    raise TypeError(f"{name}: unsupported annotation {hint!r}")  # a programming error
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(
-        type(value), type(value).__name__
-    )
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -1177,7 +801,7 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {_show(key)} given twice", key_node.start_mark
+                    None, None, f"key {show(key)} given twice", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)

@@ -19,10 +19,10 @@ from kubeapi.harness import RBAC, ClusterHarness, FakeHarness
 from typer.testing import CliRunner
 
 from actuator.apply import RunOptions, actuate
-from actuator.config import ServiceConfig, WorkloadConfig
 from actuator.guards import Bounds
 from actuator.kube import RetryPolicy
 from actuator.records import read_records
+from actuator.spec import ServiceSpec, WorkloadSpec
 from actuator.target import Floor
 from planner.dp import StageConfig, horizontal
 from planner.plan import Plan, PlanStep
@@ -57,10 +57,10 @@ def fake():
     h.close()
 
 
-def service(**kw) -> ServiceConfig:
+def service(**kw) -> ServiceSpec:
     bounds = kw.pop("bounds", Bounds(1, 8, 1, 8, 16))
-    wl = WorkloadConfig(
-        DEP, "server", bounds=bounds, hpa=kw.pop("hpa", None), batch_env=kw.pop("batch_env", None)
+    wl = WorkloadSpec(
+        deployment=DEP, bounds=bounds, hpa=kw.pop("hpa", None), batch_env=kw.pop("batch_env", None)
     )
     defaults = dict(
         mode="active",
@@ -69,7 +69,7 @@ def service(**kw) -> ServiceConfig:
         stabilisation_s=300.0,
         plan_expiry_s=600.0,
     )
-    return ServiceConfig(DEP, "inference", (wl,), **{**defaults, **kw})
+    return ServiceSpec(name=DEP, namespace="inference", workloads=(wl,), **{**defaults, **kw})
 
 
 def surge_plan(
@@ -617,16 +617,23 @@ def _cli_apply_shadow_then_active(fake, tmp_path):
     fake.add_deployment(DEP, replicas=2, cores=2)
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(surge_plan(fake.now()).to_dict()))
-    cfg = tmp_path / "service.toml"
+    cfg = tmp_path / "services.yaml"  # the file `surgecast run` reads
     cfg.write_text(
-        'service = "resnet18"\nnamespace = "inference"\ndeployment = "resnet18"\n'
-        'container = "server"\nresize_timeout_s = 0\n'
-        "[bounds]\nmin_replicas = 1\nmax_replicas = 8\nmin_cores = 1\nmax_cores = 8\n"
+        "services:\n"
+        "  - name: resnet18\n"
+        "    query: sum(rate(http_requests_total[1m]))\n"
+        "    profile: resnet18\n"
+        "    slo_ms: 750\n"
+        "    namespace: inference\n"
+        "    deployment: resnet18\n"
+        "    container: server\n"
+        "    resize_timeout_s: 0\n"
+        "    bounds: {min_replicas: 1, max_replicas: 8, min_cores: 1, max_cores: 8}\n"
     )
     args = [
         "apply",
         str(plan_file),
-        "--service-config",
+        "--config",
         str(cfg),
         "--kubeconfig",
         str(fake.write_kubeconfig(tmp_path / "kubeconfig")),
@@ -652,7 +659,9 @@ def _cli_apply_shadow_then_active(fake, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--service-config", "missing.toml"], "service config file not found"),
+        (["--config", "missing.yaml"], "config file not found"),
+        (["--config", "service.toml"], "service configs are YAML now"),
+        (["--service-config", "service.json"], "service configs are YAML now"),
         (["--now", "yesterday"], "--now"),
         (["--kubeconfig", "nope"], "--kubeconfig"),
     ],

@@ -12,13 +12,13 @@ from kubeapi.cluster import Node
 from kubeapi.harness import FakeHarness
 
 from actuator.apply import RunOptions, actuate
-from actuator.config import ServiceConfig, WorkloadConfig
 from actuator.errors import ActuatorInputError
 from actuator.guards import Bounds
 from actuator.kube import RetryPolicy
 from actuator.lease import Lease, lease_name
 from actuator.rbac import rbac_manifests
 from actuator.records import read_records, record_path
+from actuator.spec import ServiceSpec, WorkloadSpec, parse
 from actuator.target import Floor
 from planner.dp import StageConfig
 from planner.plan import Plan, PlanStep
@@ -34,13 +34,13 @@ def fake():
     h.close()
 
 
-def service(name=DEP, deployment=DEP, **kw) -> ServiceConfig:
+def service(name=DEP, deployment=DEP, **kw) -> ServiceSpec:
     bounds = kw.pop("bounds", Bounds(1, 40, 1, 16, 16))
-    wl = WorkloadConfig(deployment, "server", bounds=bounds, hpa=kw.pop("hpa", None))
+    wl = WorkloadSpec(deployment=deployment, bounds=bounds, hpa=kw.pop("hpa", None))
     defaults = dict(
         mode="active", run_interval_s=60.0, resize_timeout_s=30.0, stabilisation_s=300.0
     )
-    return ServiceConfig(name, NS, (wl,), **{**defaults, **kw})
+    return ServiceSpec(name=name, namespace=NS, workloads=(wl,), **{**defaults, **kw})
 
 
 def plan_for(now, replicas, cores, *, kind="scale-out", lead_s=0.0, service_name=DEP) -> Plan:
@@ -315,8 +315,11 @@ def test_two_services_owning_one_deployment_are_refused(fake, tmp_path):
 
 @pytest.mark.parametrize("name", ["../../..", "a/b", "Resnet", "", "x" * 64, "a..b"])
 def test_hostile_service_names_are_refused_at_every_entry(name, fake, tmp_path):
-    with pytest.raises(ActuatorInputError):
+    with pytest.raises(ValueError, match="name"):  # built in code: pydantic's error
         service(name=name)
+    table = service().model_dump()
+    with pytest.raises(ActuatorInputError, match=r"^name: .* is not a valid Kubernetes name"):
+        parse(ServiceSpec, {**table, "name": name})  # read from a file: the one-line error
     fake.add_deployment(DEP, replicas=2, cores=2)
     record = run(fake, plan_for(fake.now(), 6, 2, service_name=name), service(), tmp_path)
     assert record.refused

@@ -1,4 +1,4 @@
-"""The actuator's pure parts: service config validation, timing of due steps, the guard chain,
+"""The actuator's pure parts: service spec validation, timing of due steps, the guard chain,
 the resize fallback, patches and quantities."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actuator import pods as P
-from actuator.config import ServiceConfig, WorkloadConfig
 from actuator.errors import ActuatorInputError
 from actuator.guards import Bounds
 from actuator.kube import cpu_millicores, cpu_quantity
+from actuator.spec import BridgeSpec, ServiceSpec, WorkloadSpec, parse
 from actuator.target import (
     Floor,
     due_steps,
@@ -41,9 +41,12 @@ def plan(*steps, service="resnet18") -> Plan:
     return Plan(service, T0, steps, 0.95, 750.0, ("resnet18",))
 
 
-def config(**kw) -> ServiceConfig:
-    wl = WorkloadConfig("resnet18", "server", bounds=kw.pop("bounds", Bounds(1, 20, 1, 8, 16)))
-    return ServiceConfig("resnet18", "inference", (wl,), **kw)
+def config(**kw) -> ServiceSpec:
+    wl = WorkloadSpec(deployment="resnet18", bounds=kw.pop("bounds", Bounds(1, 20, 1, 8, 16)))
+    return ServiceSpec(name="resnet18", namespace="inference", workloads=(wl,), **kw)
+
+
+FULL = {"min_replicas": 1, "max_replicas": 9, "min_cores": 1, "max_cores": 4}
 
 
 @pytest.mark.parametrize(
@@ -56,64 +59,64 @@ def config(**kw) -> ServiceConfig:
         (dict(stabilisation_s=float("nan")), "stabilisation_s"),
         (dict(pushgateway_url="localhost:9091"), "pushgateway_url"),
         (dict(workloads=()), "workloads"),
+        (dict(bridge={"interval_s": 0.5}), "bridge.interval_s"),
+        (dict(bridge={"signal_window_s": 601}), "bridge.signal_window_s"),
+        (dict(bridge={"scale_down_after_s": -1}), "bridge.scale_down_after_s"),
+        (dict(bridge={"max_cores": 0}), "bridge.max_cores"),
+        (dict(bridge={"enabled": "yes"}), "bridge.enabled"),
     ],
 )
-def test_config_errors_are_one_line_and_name_the_field(change, field):
-    base = dict(
-        service="resnet18", namespace="inference", workloads=(WorkloadConfig("resnet18", "server"),)
-    )
+def test_spec_errors_are_one_line_and_name_the_field(change, field):
+    base = dict(name="resnet18", namespace="inference",
+                workloads=({"deployment": "resnet18", "bounds": FULL},))
     with pytest.raises(ActuatorInputError) as err:
-        ServiceConfig(**{**base, **change})
-    assert str(err.value).startswith(field) and "\n" not in str(err.value)
+        parse(ServiceSpec, {**base, **change})
+    assert str(err.value).startswith(f"{field}: ") and "\n" not in str(err.value)
+    with pytest.raises(ValueError):  # built in code: pydantic's error, also a ValueError
+        ServiceSpec(**{**base, **change})
 
 
-def test_config_from_dict_flat_and_nested():
-    flat = ServiceConfig.from_dict(
-        {
-            "service": "r",
-            "namespace": "inference",
-            "deployment": "r",
-            "container": "server",
-            "bounds": {"min_replicas": 1, "max_replicas": 9, "min_cores": 1, "max_cores": 4},
-        }
-    )
+def test_spec_flat_and_nested_with_its_defaults_written_once():
+    flat = parse(ServiceSpec, {"name": "r", "namespace": "inference", "deployment": "r",
+                               "bounds": FULL})
     assert flat.workloads[0].bounds.max_replicas == 9 and flat.mode == "shadow"
+    assert flat.workloads[0].container == "server"
     assert (flat.max_replica_step, flat.max_core_step) == (4, 4)  # limited unless told otherwise
+    assert (flat.cold_start_s, flat.resize_timeout_s, flat.hpa_sync_s) == (60, 30, 15)
+    assert flat.fallback_lead_s == 105 and flat.stabilisation_s == 300
+    assert flat.bridge == BridgeSpec() and flat.bridge.enabled
+    assert (flat.bridge.interval_s, flat.bridge.signal_window_s) == (5, 30)
+    assert (flat.bridge.scale_down_after_s, flat.bridge.max_cores) == (60, None)
+    # A service-level bounds is merged under each workload's own, key by key.
+    two = parse(ServiceSpec, {
+        "name": "v", "namespace": "video", "bounds": FULL,
+        "workloads": [{"deployment": "det", "stage": "a", "bounds": {"max_cores": 2}},
+                      {"deployment": "cls", "stage": "b"}],
+    })
+    assert [w.bounds.max_cores for w in two.workloads] == [2, 4]
     # No built-in default decides how far a cluster may grow: bounds are explicit.
     for bounds in (None, {"max_replicas": 9}):
-        table = {"service": "r", "namespace": "inference", "deployment": "r", "container": "c"}
+        table = {"name": "r", "namespace": "inference", "deployment": "r", "container": "c"}
         if bounds is not None:
             table["bounds"] = bounds
-        with pytest.raises(ActuatorInputError, match=r"workloads\[0\]\.bounds: (required|missing)"):
-            ServiceConfig.from_dict(table)
-    with pytest.raises(ActuatorInputError, match="max_replica_step: must be an integer >= 1"):
-        ServiceConfig.from_dict({**table, "bounds": {"min_replicas": 1, "max_replicas": 9,
-                                "min_cores": 1, "max_cores": 4}, "max_replica_step": None})
-    with pytest.raises(ActuatorInputError, match=r"workloads\[0\]\.bounds: unknown key"):
-        full = {"min_replicas": 1, "max_replicas": 9, "min_cores": 1, "max_cores": 4}
-        ServiceConfig.from_dict(
-            {
-                "service": "r",
-                "namespace": "inference",
-                "workloads": [
-                    {"deployment": "r", "container": "c", "bounds": {**full, "max_replica": 3}}
-                ],
-            }
-        )
-    with pytest.raises(ActuatorInputError, match="bounds: need 1 <= min_replicas"):
-        ServiceConfig.from_dict(
-            {
-                "service": "r",
-                "namespace": "inference",
-                "deployment": "r",
-                "container": "c",
-                "bounds": {"min_replicas": 0, "max_replicas": 2, "min_cores": 1, "max_cores": 2},
-            }
-        )
-    with pytest.raises(ActuatorInputError, match="missing key"):
-        ServiceConfig.from_dict(
-            {"service": "r", "deployment": "r", "container": "c", "bounds": full}
-        )
+        with pytest.raises(ActuatorInputError, match=r"^workloads\[0\]\.bounds\.min_replicas: "
+                           "missing: every Deployment states its bounds"):
+            parse(ServiceSpec, table)
+        with pytest.raises(ActuatorInputError, match=r"^bounds\.min_replicas: missing"):
+            parse(ServiceSpec, table, flat=True)  # as the file has it: no workloads key
+    with pytest.raises(ActuatorInputError, match="max_replica_step: null no longer means"):
+        parse(ServiceSpec, {**table, "bounds": FULL, "max_replica_step": None})
+    with pytest.raises(ActuatorInputError, match=r"max_core_step: expected an integer, got 2.0"):
+        parse(ServiceSpec, {**table, "bounds": FULL, "max_core_step": 2.0})
+    with pytest.raises(ActuatorInputError, match=r"workloads\[0\]\.bounds\.max_replica: unknown"):
+        parse(ServiceSpec, {"name": "r", "namespace": "inference", "workloads": [
+            {"deployment": "r", "container": "c", "bounds": {**FULL, "max_replica": 3}}]})
+    with pytest.raises(ActuatorInputError, match=r"bounds: need 1 <= min_replicas"):
+        parse(ServiceSpec, {**table, "bounds": {**FULL, "min_replicas": 0}})
+    with pytest.raises(ActuatorInputError, match=r"^namespace: missing"):
+        parse(ServiceSpec, {"name": "r", "deployment": "r", "bounds": FULL})
+    with pytest.raises(ActuatorInputError, match="deployment: give either workloads or"):
+        parse(ServiceSpec, {**table, "bounds": FULL, "workloads": []})
 
 
 def test_only_steps_due_before_the_next_run_are_applied():

@@ -261,10 +261,10 @@ case(
     ["backtest", "{trace_busy}", "--out", "{tmp}/bt", "--rps-scale", "500"],
     "--rps-scale",
 )
-case("apply --active without --service-config", ["apply", "{plan_good}", "--active"], "--active")
+case("apply --active without --config", ["apply", "{plan_good}", "--active"], "--active")
 case(
-    "apply --deployment with --service-config",
-    ["apply", "{plan_good}", "--service-config", "{svc_good}", "--deployment", "x"],
+    "apply --deployment with --config",
+    ["apply", "{plan_good}", "--config", "{svc_good}", "--deployment", "x"],
     "--deployment",
 )
 
@@ -576,32 +576,44 @@ case(
     "--max-cores",
 )
 
-SERVICE_GOOD = {
-    "service": "resnet18",
+SERVICE_GOOD = {  # one service of the YAML file `surgecast run` and `surgecast apply` read
+    "name": "resnet18",
+    "query": "sum(rate(http_requests_total[1m]))",
+    "profile": "resnet18",
+    "slo_ms": 750,
     "namespace": "inference",
     "deployment": "resnet18",
     "container": "server",
     "bounds": {"min_replicas": 1, "max_replicas": 8, "min_cores": 1, "max_cores": 8},
 }
+
+
+def _services(**change) -> str:
+    return json.dumps({"services": [{**SERVICE_GOOD, **change}]})  # JSON is YAML
+
+
 SERVICE_CONFIGS = {
-    "svc_bad_json.json": "{",
-    "svc_bad_toml.toml": "service = ",
-    "svc_empty.json": "",
-    "svc_list.json": "[]",
-    "svc_services_empty.json": '{"services": []}',
-    "svc_mode_live.json": json.dumps({**SERVICE_GOOD, "mode": "live"}),
-    "svc_namespace_bad.json": json.dumps({**SERVICE_GOOD, "namespace": "../x"}),
-    "svc_bounds_text.json": json.dumps({**SERVICE_GOOD, "bounds": "big"}),
-    "svc_deep.json": "[" * 100_000 + "]" * 100_000,
+    "svc_old_json.json": json.dumps({**SERVICE_GOOD, "service": "resnet18"}),
+    "svc_old_toml.toml": 'service = "resnet18"\n',
+    "svc_bad_yaml.yaml": "services: [",
+    "svc_empty.yaml": "",
+    "svc_list.yaml": "[]",
+    "svc_services_empty.yaml": "services: []",
+    "svc_mode_live.yaml": _services(mode="live"),
+    "svc_namespace_bad.yaml": _services(namespace="../x"),
+    "svc_bounds_text.yaml": _services(bounds="big"),
+    "svc_step_float.yaml": _services(max_replica_step=2.5),
+    "svc_bridge_fast.yaml": _services(bridge={"interval_s": 0.01}),
+    "svc_deep.yaml": "[" * 100_000 + "]" * 100_000,
 }
-for name in [*SERVICE_CONFIGS, "trace_dir", "trace_fifo", "svc_missing.json"]:
+for name in [*SERVICE_CONFIGS, "trace_dir", "trace_fifo", "svc_missing.yaml"]:
     key = name.replace(".", "_")
     case(
-        f"apply --service-config {name}",
+        f"apply --config {name}",
         [
             "apply",
             "{plan_good}",
-            "--service-config",
+            "--config",
             "{" + key + "}",
             "--now",
             NOW,
@@ -774,8 +786,8 @@ def corpus(tmp_path_factory) -> dict[str, str]:
 
     for name, text in SERVICE_CONFIGS.items():
         put(name.replace(".", "_"), text, name)
-    put("svc_good", json.dumps(SERVICE_GOOD), "svc_good.json")
-    files["svc_missing_json"] = str(root / "no_svc.json")
+    put("svc_good", _services(), "svc_good.yaml")
+    files["svc_missing_yaml"] = str(root / "no_svc.yaml")
     for name, text in KUBECONFIGS.items():
         put(name, text, f"{name}.yaml")
     files["kube_missing"] = str(root / "no_kubeconfig")

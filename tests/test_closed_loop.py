@@ -23,10 +23,10 @@ from kubeapi.cluster import Node
 from kubeapi.harness import FakeHarness
 
 from actuator.apply import RunOptions, actuate
-from actuator.config import ServiceConfig, WorkloadConfig
 from actuator.guards import Bounds
 from actuator.kube import RetryPolicy
 from actuator.rbac import rbac_manifests
+from actuator.spec import ServiceSpec, WorkloadSpec
 from actuator.target import Floor
 from planner.dp import StageConfig, horizontal
 from planner.plan import Plan, PlanStep
@@ -39,8 +39,8 @@ NS = "inference"
 PROFILE = load_profile("resnet18").stages[0]
 
 
-def service(**kw) -> ServiceConfig:
-    wl = WorkloadConfig(DEP, "server", bounds=Bounds(1, 40, 1, 16, 16), hpa=kw.pop("hpa", None))
+def service(**kw) -> ServiceSpec:
+    wl = WorkloadSpec(deployment=DEP, bounds=Bounds(1, 40, 1, 16, 16), hpa=kw.pop("hpa", None))
     base = dict(
         mode="active",
         run_interval_s=60.0,
@@ -49,7 +49,7 @@ def service(**kw) -> ServiceConfig:
         stabilisation_s=300.0,
         plan_expiry_s=1800.0,
     )
-    return ServiceConfig(DEP, NS, (wl,), **{**base, **kw})
+    return ServiceSpec(name=DEP, namespace=NS, workloads=(wl,), **{**base, **kw})
 
 
 def act(h, plan, cfg, tmp_path, now) -> object:

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import urllib.request
-from dataclasses import fields, replace
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -418,8 +418,8 @@ def test_a_stage_past_the_budget_does_nothing(tmp_path, fleet, kube):
 
 
 def _source_takes_a_deadline() -> bool:
-    return "deadline" in inspect.signature(PrometheusSource.read).parameters and any(
-        f.name == "run_timeout_s" for f in fields(Settings)
+    return "deadline" in inspect.signature(PrometheusSource.read).parameters and (
+        "run_timeout_s" in Settings.model_fields
     )
 
 
@@ -431,8 +431,8 @@ def test_a_prometheus_that_never_answers_ends_the_read_at_the_deadline(tmp_path,
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         settings = _settings(tmp_path, [{"name": "svc-45", "mode": "active"}], url=url,
                              kube=kube)
-        settings = replace(settings, run_timeout_s=1.0,
-                           prometheus=replace(settings.prometheus, timeout_s=60, attempts=3))
+        prometheus = settings.prometheus.model_copy(update={"timeout_s": 60, "attempts": 3})
+        settings = settings.model_copy(update={"run_timeout_s": 1.0, "prometheus": prometheus})
         started = time.monotonic()
         run = run_service(settings, "svc-45", "2025-01-01T00:00:00Z", api=kube.api)
         seconds = time.monotonic() - started

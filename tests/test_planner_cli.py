@@ -94,7 +94,9 @@ def test_plan_from_a_forecast_writes_the_plan(tmp_path: Path) -> None:
     plan = Plan.from_dict(json.loads(out.read_text()))
     assert plan.service == "resnet18" and plan.quantile == 0.95
     (step,) = plan.steps
-    assert step.apply_at == pd.Timestamp("2024-01-08T07:34:30Z")
+    # The cold start defaults to the service spec's (60 s), as in `surgecast run`.
+    assert step.apply_at == pd.Timestamp("2024-01-08T07:34:00Z")
+    assert "for a 60 s cold start" in step.reason
 
 
 def test_plan_fits_a_measurement_csv(tmp_path: Path) -> None:

@@ -173,8 +173,8 @@ class _Recorder:
 @pytest.mark.parametrize(
     ("auth", "header"),
     [
-        (AuthSettings("bearer", secret_env="T", secret="tok"), "Bearer tok"),
-        (AuthSettings("basic", username="sc", secret_env="P", secret="pw"), "Basic c2M6cHc="),
+        (AuthSettings(type="bearer", secret_env="T", secret="tok"), "Bearer tok"),
+        (AuthSettings(type="basic", username="sc", secret_env="P", secret="pw"), "Basic c2M6cHc="),
         (AuthSettings(), None),
     ],
 )
@@ -335,8 +335,8 @@ def test_a_secret_the_server_echoes_never_reaches_a_message(scripted):
         return 400, {}, json.dumps({"status": "error", "error": f"bad header {said}"}).encode()
 
     server = scripted(echo)
-    for auth in (AuthSettings("bearer", secret_env="T", secret="tok-3141592653"),
-                 AuthSettings("basic", username="sc", secret_env="P", secret="pw-2718281828")):
+    for auth in (AuthSettings(type="bearer", secret_env="T", secret="tok-3141592653"),
+                 AuthSettings(type="basic", username="sc", secret_env="P", secret="pw-2718281828")):
         source, _ = _source(server.url, auth=auth)
         with pytest.raises(SourceError) as err:
             source.read("up", end=T0, span=pd.Timedelta(minutes=10), step_s=60)
@@ -350,7 +350,8 @@ def test_a_secret_the_server_echoes_never_reaches_a_message(scripted):
 def test_redirects_are_not_followed_so_credentials_stay_home(scripted):
     elsewhere = scripted(lambda h: (200, {}, _matrix([])))
     home = scripted(lambda h: (302, {"Location": elsewhere.url + h.path}, b""))
-    source, waits = _source(home.url, auth=AuthSettings("bearer", secret_env="T", secret="tok"))
+    auth = AuthSettings(type="bearer", secret_env="T", secret="tok")
+    source, waits = _source(home.url, auth=auth)
     with pytest.raises(SourceError, match=r"HTTP 302: redirect not followed") as err:
         source.read("up", end=T0, span=pd.Timedelta(minutes=10), step_s=60)
     assert err.value.reason == "http_error" and waits == []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actuator.config import ServiceConfig
+from actuator.spec import ServiceSpec
 from surgecast.settings import SettingsError, load_settings, settings_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_the_example_config_loads_with_its_secret_from_a_file(tmp_path):
     assert yolo.forecast.model == "lgbm_lags" and yolo.forecast.horizon_steps == 15
     assert yolo.policy().quantile == 0.99 and yolo.policy().cold_start_s == 90
     video = settings.actuator_config("video-pipeline")
-    assert isinstance(video, ServiceConfig)
+    assert isinstance(video, ServiceSpec)
     assert [w.stage for w in video.workloads] == ["yolov5n", "resnet18"]
     assert video.workloads[1].bounds.max_cores == 8
     assert video.pushgateway_url == "http://prometheus-pushgateway.monitoring.svc:9091"
@@ -364,3 +364,84 @@ def test_a_secret_with_a_line_break_is_refused_without_echo(tmp_path):
                        "control characters") as err:
         settings_from_dict(data, source="s.yaml", base=tmp_path)
     assert "Injected" not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# one spec, one error type, defaults written once
+
+
+def test_one_input_error_type_everywhere():
+    from actuator.errors import ActuatorInputError
+    from forecasting.errors import BadInputError
+    from planner.errors import PlannerInputError
+
+    assert SettingsError is ActuatorInputError is PlannerInputError is BadInputError
+    with pytest.raises(PlannerInputError, match=r"^s.yaml: service resnet: mode: 'live'"):
+        settings_from_dict(_minimal(mode="live"), source="s.yaml")
+
+
+def test_a_service_is_the_actuation_spec_with_its_defaults_written_once():
+    from actuator.spec import DEFAULTS, ServiceSpec
+
+    settings = settings_from_dict(_minimal(), source="s.yaml")
+    svc = settings.service("resnet")
+    assert isinstance(svc, ServiceSpec) and settings.actuator_config("resnet") is svc
+    for name in ("cold_start_s", "resize_s", "stabilisation_s", "resize_timeout_s",
+                 "plan_expiry_s", "hpa_sync_s", "max_replica_step", "kill_switch", "bridge"):
+        assert getattr(svc, name) == getattr(DEFAULTS, name), name
+    assert (DEFAULTS.cold_start_s, DEFAULTS.stabilisation_s, DEFAULTS.resize_timeout_s) == (
+        60, 300, 30)
+    policy = svc.policy()  # the planner is given the spec's timings, not its own defaults
+    assert (policy.cold_start_s, policy.resize_s, policy.stabilisation_s) == (60, 2, 300)
+
+
+def test_the_fleet_gives_every_service_its_interval_and_pushgateway_once():
+    data = {**_minimal(), "run_interval_s": 120, "pushgateway_url": "http://gw:9091"}
+    svc = settings_from_dict(data, source="s.yaml").service("resnet")
+    assert svc.run_interval_s == 120 and svc.pushgateway_url == "http://gw:9091"
+    for key, value in (("run_interval_s", 60), ("pushgateway_url", "http://gw:9091")):
+        with pytest.raises(SettingsError, match=rf"^s.yaml: service resnet: {key}: give it once "
+                           "at the top level"):
+            settings_from_dict(_minimal(**{key: value}), source="s.yaml")
+        data = _minimal()
+        data["defaults"] = {key: value}
+        with pytest.raises(SettingsError, match=rf"^s.yaml: defaults.{key}: give it once"):
+            settings_from_dict(data, source="s.yaml")
+
+
+def test_the_bridge_table_merges_from_defaults_and_is_checked():
+    data = _minimal(bridge={"interval_s": 2})
+    data["defaults"] = {"bridge": {"signal_window_s": 60, "max_cores": 4}}
+    bridge = settings_from_dict(data, source="s.yaml").service("resnet").bridge
+    assert (bridge.enabled, bridge.interval_s, bridge.signal_window_s) == (True, 2, 60)
+    assert (bridge.scale_down_after_s, bridge.max_cores) == (60, 4)
+    for change, message in (({"interval_s": 0.5}, r"bridge.interval_s: must be in \[1, 300\] s"),
+                            ({"max_cores": 2.5}, r"bridge.max_cores: expected an integer"),
+                            ({"enabled": "yes"}, r"bridge.enabled: expected true or false"),
+                            ({"every_s": 1}, r"bridge.every_s: unknown key")):
+        with pytest.raises(SettingsError, match=rf"^s.yaml: service resnet: {message}"):
+            settings_from_dict(_minimal(bridge=change), source="s.yaml")
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_the_old_service_config_formats_are_refused_with_a_hint(tmp_path, suffix):
+    path = tmp_path / f"service{suffix}"
+    path.write_text('service = "resnet"\n')
+    with pytest.raises(SettingsError, match=rf"^{re.escape(str(path))}: service configs are YAML "
+                       r"now .*\(see data/services.example.yaml\)"):
+        load_settings(path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"slo_ms": None}, {"slo_ms": [1]}, {"forecast": []}, {"forecast": {"quantiles": "x"}},
+     {"bounds": {"min_replicas": "1", "max_replicas": 2, "min_cores": 1, "max_cores": 2}},
+     {"workloads": [{"deployment": "a", "bounds": 3}]}, {"max_step_ratio": float("nan")},
+     {"kill_switch": 7}, {"namespace": None}, {"data": {"max_rps": True}}],
+)
+def test_pydantic_text_never_reaches_the_user(change):
+    with pytest.raises(SettingsError) as err:
+        settings_from_dict(_minimal(**change), source="s.yaml")
+    text = str(err.value)
+    assert text.startswith("s.yaml: service resnet: ") and "\n" not in text
+    assert not re.search(r"Input should|validation error|pydantic|type=|\[type", text), text

@@ -1,37 +1,29 @@
-"""Wiring for the actuator stage: plan and service-config files, the API client, one run.
+"""Wiring for the actuator stage: the plan file, the service spec, the API client, one run.
 
-The service config file is JSON (``.json``) or TOML (``.toml``): either one service table (the
-keys of :class:`actuator.config.ServiceConfig`) or ``services = [ ... ]`` with several. Example
-(TOML)::
-
-    service = "resnet18"
-    namespace = "inference"
-    deployment = "resnet18"
-    container = "server"
-    mode = "shadow"
-    max_replica_step = 4
-    bounds = { min_replicas = 2, max_replicas = 20, min_cores = 1, max_cores = 8 }
+The services come from the same YAML file as ``surgecast run`` (:func:`surgecast.settings.
+load_settings`): every service there is an :class:`actuator.spec.ServiceSpec`. Without a config,
+a shadow-only spec is built from command-line flags for a single-stage plan.
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from actuator.apply import RunOptions, actuate
-from actuator.config import ServiceConfig, WorkloadConfig
 from actuator.errors import ActuatorInputError
+from actuator.guards import Bounds
 from actuator.kube import KubeApi, api_client_for
 from actuator.records import DecisionRecord, record_path
-from planner.errors import PlannerInputError
+from actuator.spec import ServiceSpec, WorkloadSpec
 from planner.plan import Plan, utc_timestamp
+from surgecast.settings import load_settings
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
-"""Largest plan or service config file read (16 MiB): far above any real one, and it keeps a
+"""Largest plan file read (16 MiB): far above any real one, and it keeps a
 hostile file from exhausting memory."""
 
 
@@ -81,44 +73,38 @@ def read_plan(path: str | Path) -> Plan:
         raise ActuatorInputError(f"{path}: not a plan: invalid JSON: {problem}") from None
     try:
         return Plan.from_dict(data)
-    except PlannerInputError as exc:
+    except ActuatorInputError as exc:  # the one input-error type: only the file is added
         raise ActuatorInputError(f"{path}: not a plan: {exc}") from None
 
 
-def load_service_configs(path: str | Path) -> list[ServiceConfig]:
-    """Service configs from a JSON or TOML file (module docstring).
+def load_service_specs(path: str | Path) -> list[ServiceSpec]:
+    """Every service of a YAML service config (the file ``surgecast run`` reads).
 
     Raises:
-        ActuatorInputError: missing or unreadable file, or a config that breaks a rule (the
-            message names the file and the field).
+        ActuatorInputError: missing or unreadable file, a .toml/.json file (the old format), or
+            a config that breaks a rule (one line naming the file, service and field).
     """
-    path = Path(path)
-    text = _read_text(path, "service config file")
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise ActuatorInputError(f"{path}: cannot read: {problem}") from None
-    tables = data.get("services") if isinstance(data, dict) and "services" in data else [data]
-    if not isinstance(tables, list) or not tables:
-        raise ActuatorInputError(f"{path}: services: expected a non-empty list of tables")
-    try:
-        return [ServiceConfig.from_dict(t) for t in tables]
-    except ActuatorInputError as exc:
-        raise ActuatorInputError(f"{path}: {exc}") from None
+    settings = load_settings(path)
+    return [settings.actuator_config(name) for name in settings.names]
 
 
-def default_service_config(
+def default_service_spec(
     plan: Plan, *, namespace: str, deployment: str | None, container: str
-) -> ServiceConfig:
-    """A shadow-mode config for a single-stage plan from command-line flags."""
+) -> ServiceSpec:
+    """A shadow-mode spec for a single-stage plan from command-line flags.
+
+    Its bounds are wide (the guard defaults): a shadow run patches nothing, and the record shows
+    what the plan would have asked for.
+    """
     if plan.steps and len(plan.steps[0].replicas) > 1:
         raise ActuatorInputError(
             f"plan {plan.service} has {len(plan.steps[0].replicas)} stages: give a "
-            "--service-config that names a Deployment per stage"
+            "--config that names a Deployment per stage"
         )
-    workload = WorkloadConfig(deployment or plan.service, container)
-    return ServiceConfig(plan.service, namespace, (workload,))
+    workload = WorkloadSpec(
+        deployment=deployment or plan.service, container=container, bounds=Bounds()
+    )
+    return ServiceSpec(name=plan.service, namespace=namespace, workloads=(workload,))
 
 
 @dataclass(frozen=True)
@@ -154,7 +140,8 @@ def apply_plan_file(
 
     Args:
         plan_file: Plan JSON.
-        service_config: JSON/TOML service config; without it a shadow config is built from
+        service_config: the YAML service config (as for ``surgecast run``); without it a
+            shadow spec is built from
             ``namespace``, ``deployment`` (default: the plan's service) and ``container``.
         kubeconfig, context: the cluster (default: the usual kubeconfig, else in-cluster).
         active: act for real for the service the plan names (only that one; the other services
@@ -169,32 +156,30 @@ def apply_plan_file(
     """
     if active and service_config is None:
         raise ActuatorInputError(
-            "--active: needs --service-config (the allow-list, bounds and step limits); "
+            "--active: needs --config (the allow-list, bounds and step limits); "
             "without it apply is shadow-only"
         )
     plan = read_plan(plan_file)
     switched = None
     if service_config is not None:
-        services = load_service_configs(service_config)
+        services = load_service_specs(service_config)
         if active:
             # Only the plan's service is switched: --active must not turn on every service a
             # shared config file lists.
-            mine = next((s for s in services if s.service == plan.service), None)
+            mine = next((s for s in services if s.name == plan.service), None)
             if mine is not None and not mine.active:
                 switched = mine.mode
             services = [
-                replace(s, mode="active") if s.service == plan.service else s for s in services
+                s.model_copy(update={"mode": "active"}) if s.name == plan.service else s
+                for s in services
             ]
     else:
         services = [
-            default_service_config(
+            default_service_spec(
                 plan, namespace=namespace, deployment=deployment, container=container
             )
         ]
-    try:
-        when = utc_timestamp(now, "--now") if now is not None else pd.Timestamp.now(tz="UTC")
-    except PlannerInputError as exc:
-        raise ActuatorInputError(str(exc)) from None
+    when = utc_timestamp(now, "--now") if now is not None else pd.Timestamp.now(tz="UTC")
     api = KubeApi(_api_client(kubeconfig, context), request_timeout_s=request_timeout_s)
     record = actuate(
         plan,

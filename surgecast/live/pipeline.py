@@ -41,7 +41,6 @@ import pandas as pd
 
 from forecasting.cleaning import format_time
 from forecasting.errors import BadInputError
-from planner.errors import PlannerInputError
 from planner.plan import Plan, iso, utc_timestamp
 from surgecast.live import model_store
 from surgecast.live.artifacts import ArtifactError, ArtifactStore, Entry
@@ -78,10 +77,7 @@ def as_now(now: Any) -> pd.Timestamp:
     Raises:
         BadInputError: unparseable or without a time zone.
     """
-    try:
-        return utc_timestamp(now, "now")
-    except PlannerInputError as exc:
-        raise BadInputError(str(exc)) from None
+    return utc_timestamp(now, "now")
 
 
 def _error(stage: str, reason: str, message: str) -> dict:
@@ -545,7 +541,7 @@ def plan(
                 peak_rps=float(loads.max()),
                 last_scale_up_at=None if last_up is None else iso(last_up),
             )
-        except (PlannerInputError, BadInputError) as exc:
+        except BadInputError as exc:
             doc["error"] = _error("plan", "planner", str(exc))
     return store.write_json("plans", svc.name, now, doc)
 
@@ -748,7 +744,6 @@ def _actuate(settings, svc, plan_doc, now, record, *, api, options) -> None:
 
     from actuator.apply import RunOptions
     from actuator.apply import actuate as apply_plan
-    from actuator.errors import ActuatorInputError
     from surgecast.planning import load_profile
 
     try:
@@ -756,7 +751,7 @@ def _actuate(settings, svc, plan_doc, now, record, *, api, options) -> None:
         observed_rps = float(plan_doc["observed_rps"])
         peak = plan_doc.get("window_peak_rps")
         window_peak_rps = None if peak is None else float(peak)
-    except (PlannerInputError, BadInputError) as exc:
+    except BadInputError as exc:
         record["error"] = _error("actuate", "plan", str(exc))
         return
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -775,13 +770,13 @@ def _actuate(settings, svc, plan_doc, now, record, *, api, options) -> None:
     try:
         pipeline = load_profile(svc.profile)
         floors = reactive_floors(pipeline, svc, observed_rps, window_peak_rps)
-    except (PlannerInputError, BadInputError) as exc:
+    except BadInputError as exc:
         record["error"] = _error("actuate", "plan", str(exc))
         return
     if api is None:
         try:
             api = kube_api(settings)
-        except (ActuatorInputError, OSError) as exc:
+        except (BadInputError, OSError) as exc:
             record["error"] = _error("actuate", "kubernetes", str(exc))
             return
     store = store_for(settings)
@@ -862,7 +857,6 @@ def current_state(
 ):
     """(ClusterState, where it came from): read from the cluster, else the reactive optimum."""
     from actuator import pods as P
-    from actuator.errors import ActuatorInputError
     from actuator.kube import RetryPolicy, read_with_retries
     from planner.dp import horizontal
     from planner.policy import ClusterState
@@ -880,7 +874,7 @@ def current_state(
     if api is None:
         try:
             api = kube_api(settings)
-        except ActuatorInputError as exc:
+        except BadInputError as exc:
             return assumed, note + str(exc)
     retry = RetryPolicy(attempts=2, backoff_s=0.2)
     by_stage = {w.stage: w for w in svc.workloads}
@@ -912,9 +906,8 @@ def kube_api(settings: Settings):
     """The actuator's API from ``settings.kubernetes``.
 
     Raises:
-        ActuatorInputError: no usable kubeconfig or in-cluster account.
+        BadInputError: no usable kubeconfig or in-cluster account.
     """
-    from actuator.errors import ActuatorInputError
     from actuator.kube import KubeApi, api_client_for
 
     k = settings.kubernetes
@@ -922,7 +915,7 @@ def kube_api(settings: Settings):
         client = api_client_for(kubeconfig=k.kubeconfig, context=k.context, host=k.host)
     except Exception as exc:  # kubernetes.config.ConfigException and file errors
         if type(exc).__module__.startswith("kubernetes") or isinstance(exc, OSError | ValueError):
-            raise ActuatorInputError(f"kubernetes: no usable configuration: {exc}") from None
+            raise BadInputError(f"kubernetes: no usable configuration: {exc}") from None
         raise
     return KubeApi(client)
 
