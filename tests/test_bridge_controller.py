@@ -5,6 +5,10 @@ never shrinks without a plan, and never retries a refused resize in a hot loop."
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import pytest
 import yaml
 from kubeapi.cluster import Node
 from kubeapi.harness import RBAC, REPO, FakeHarness
+from typer.testing import CliRunner
 
 from actuator.bridge import StageNow, carries
 from actuator.kube import KubeApi
@@ -21,6 +26,7 @@ from actuator.lease import Lease
 from actuator.rbac import rbac_manifests
 from actuator.records import read_records
 from planner.plan import Plan, PlanStep
+from surgecast.cli import app
 from surgecast.live.artifacts import ArtifactStore
 from surgecast.live.bridge import (
     BridgeController,
@@ -338,3 +344,49 @@ def test_the_generated_rbac_is_enough_and_grants_no_replicas(world, step_load, t
     result = w.ticks(w.controller(), 5)[0]
     assert result.record.errors == [] and result.decision.direction == "up"
     assert w.desired()[0] > 1000
+
+
+def test_sigterm_releases_the_lease_and_exits_cleanly(world, step_load, tmp_path):
+    w = world(start_s=20)
+    token = w.h.server.service_account_token("inference", "surgecast-bridge")
+    kubeconfig = w.h.write_kubeconfig(tmp_path / "kubeconfig", token=token)
+    data = yaml.safe_load(w.config.read_text())
+    data["kubernetes"] = {"kubeconfig": str(kubeconfig)}
+    config = tmp_path / "cli.yaml"
+    config.write_text(yaml.safe_dump(data))
+    cli = Path(sys.executable).parent / "surgecast"
+    proc = subprocess.Popen([str(cli), "bridge", "--config", str(config), "--interval", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        name = bridge_lease_name(SERVICE)
+        deadline = time.monotonic() + 60
+        holder = None
+        while time.monotonic() < deadline and not holder:
+            time.sleep(0.2)
+            try:
+                holder = w.api.lease("inference", name)["spec"].get("holderIdentity")
+            except Exception:  # not created yet
+                holder = None
+        assert holder, proc.stdout.read() if proc.poll() is not None else "no lease taken"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not w.api.lease("inference", name)["spec"].get("holderIdentity")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--interval", "0.5"], "--interval: must be in [1, 300] s"),
+        (["--service", "nope"], "no service 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(world, step_load, args, message):
+    w = world(start_s=20)
+    result = CliRunner().invoke(app, ["bridge", "--config", str(w.config), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    missing = CliRunner().invoke(app, ["bridge", "--config", str(w.config) + ".nope"])
+    assert missing.exit_code == 2 and "Traceback" not in missing.output

@@ -385,6 +385,9 @@ class BridgeController:
             "need_cores": list(decision.need_cores),
             "carried": decision.carried,
             "target_rps": round(decision.target_rps, 3),
+            "reason": decision.reason,
+            # what kind of hold or move this is, without its numbers (rate-limits the records)
+            "reason_kind": _kind(decision.reason),
         }
         dry_run = not svc.active or record.held is not None
         for s, view, cores in zip(stages, views, decision.cores, strict=True):
@@ -655,12 +658,18 @@ def _text(value: Any) -> str:
     return str(value)[:200]
 
 
+def _kind(reason: str) -> str:
+    """The reason's words up to the envelope's source, for telling holds apart."""
+    return re.sub(r"[\d.,]+", "#", reason.split(" [", 1)[0])
+
+
 def _key(record: DecisionRecord) -> str:
     """What a record says, without its numbers: a new key means a new reason worth a line."""
     decision = record.inputs.get("decision") or {}
     parts = [
         str(decision.get("direction")),
         str(decision.get("cores")),
+        str(decision.get("reason_kind")),
         record.held or "",
         record.refused or "",
         "|".join(record.errors[:3]),
