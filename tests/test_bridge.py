@@ -208,3 +208,23 @@ def test_property_no_down_move_within_scale_down_after_s_of_an_up_move(loads, re
         if d.direction == UP:
             last_up = now
         cores = d.cores[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0, 1500, allow_nan=False), st.integers(1, 8))
+def test_property_need_cores_is_the_vertical_dps_answer_at_a_fixed_batch(rps, ready):
+    """At batch 1 (no batch-fill wait, no other batch to pick) the bridge answers exactly the
+    planner's DP 2: the replicas fixed at the ready count, the least cores that carry λ + √λ."""
+    from dataclasses import replace
+
+    from planner.dp import MAX_CORES as DP_MAX_CORES
+    from planner.dp import vertical
+    from planner.profiles import Pipeline
+
+    one = replace(RESNET, max_batch=1)
+    dp = vertical(Pipeline("p", (one,)), rps, 750.0, [ready])
+    cores, short = need_cores([stage(1, ready)], rps, 750.0, env((1,), (one.max_cores,)))
+    if dp.binding == DP_MAX_CORES:  # the DP adds replicas; the bridge stops at the ceiling
+        assert short is not None and cores == (one.max_cores,)
+    else:
+        assert dp.feasible and short is None and cores == dp.cores

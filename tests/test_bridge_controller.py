@@ -390,3 +390,32 @@ def test_bad_input_is_one_line_and_exit_2(world, step_load, args, message):
     assert message in result.output and "Traceback" not in result.output
     missing = CliRunner().invoke(app, ["bridge", "--config", str(w.config) + ".nope"])
     assert missing.exit_code == 2 and "Traceback" not in missing.output
+
+
+def test_a_tick_far_from_the_wall_clock_only_records(world, step_load):
+    w = world(start_s=20)
+    w.plan(1)
+    bridge = w.controller()
+    w.h.clock.advance(3600)  # the wall clock moved on; the tick is told the surge's time
+    result = bridge.tick(SERVICE, now=w.surge + pd.Timedelta(seconds=40))
+    assert "replay" in (result.record.held or "")
+    assert result.decision.direction == "up"
+    assert {c.outcome for c in result.record.changes} == {"dry-run"}
+    assert w.desired() == [1000, 1000]
+
+
+def test_metrics_go_to_the_pushgateway_every_tick(world, step_load, tmp_path_factory):
+    gateway = promtest.pushgateway(tmp_path_factory.getbasetemp() / "bridge-pushgateway")
+    w = world(start_s=20)
+    data = yaml.safe_load(w.config.read_text())
+    data["pushgateway_url"] = gateway.url
+    w.config.write_text(yaml.safe_dump(data))
+    w.settings = load_settings(w.config)
+    w.plan(1)
+    results = w.ticks(w.controller(), 15)
+    assert all(r.record.metrics == f"pushed to {gateway.url}" for r in results)
+    (beat,) = gateway.samples("surgecast_bridge_last_run_timestamp_seconds")
+    assert f'service="{SERVICE}"' in beat and 'job="surgecast_bridge"' in beat
+    assert float(beat.rsplit(" ", 1)[1]) == pytest.approx(w.h.clock.now)
+    (rps,) = gateway.samples("surgecast_bridge_signal_rps")
+    assert float(rps.rsplit(" ", 1)[1]) > LOW_RPS
