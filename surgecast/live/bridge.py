@@ -248,6 +248,10 @@ class BridgeController:
         state = self._state_of(svc, knobs)
         why = state.lease.acquire(now_s=wall_s)
         if why is not None:
+            # Another replica acts. What this one remembered goes stale meanwhile: if it leads
+            # again it learns the last up-move from the records and starts a fresh window.
+            state.recovered, state.last_key = False, None
+            state.window.clear()
             return TickResult(svc.name, False, None)
         record = DecisionRecord(
             service=svc.name,
