@@ -143,8 +143,13 @@ def _reset_pods(admin: KubeApi) -> None:
 
 
 def measure(work: Path, interval_s: float, trials: int, window_s: float, scrape_s: float,
-            seed: int) -> dict:
+            seed: int, verbose: bool = False) -> dict:
     rng = random.Random(seed)
+
+    def on_tick(result) -> None:
+        if verbose and result.record is not None and result.written:
+            print(f"    {result.record.run_at}: {result.record.summary()[:300]}", flush=True)
+
     exporter = Exporter()
     prom = ScrapingPrometheus(work / f"prom-{interval_s:g}", exporter.address, scrape_s)
     h = FakeHarness(start_s=time.time(), resize_delay_s=0.0, start_delay_s=0.0,
@@ -181,21 +186,30 @@ def measure(work: Path, interval_s: float, trials: int, window_s: float, scrape_
         options = BridgeOptions(knobs=knobs, identity=f"bench-{interval_s:g}")
         loop = threading.Thread(
             target=run_bridge, args=(config,),
-            kwargs={"stop": stop, "api": api, "options": options}, daemon=True,
+            kwargs={"stop": stop, "api": api, "options": options, "on_tick": on_tick},
+            daemon=True,
         )
-        time.sleep(window_s + 3 * scrape_s)  # the rate window fills with the low load
+        # The rate window fills with the low load before the controller starts.
+        query = f'sum(rate(http_requests_total{{service="bench"}}[{window_s:g}s]))'
+        while not prom.query(query, pd.Timestamp.now(tz="UTC")):
+            time.sleep(0.2)
+        time.sleep(window_s)
         loop.start()
         signal_s, step_s = [], []
         for k in range(trials):
-            time.sleep(rng.uniform(0, interval_s) + 1.0)
-            before = len(api.patches)
+            # Quiet: the pods back at 1 core and no resize for a whole tick, then a random phase.
+            while any(P.allocated_millicores(p, "server") != 1000
+                      for p in admin.pods(NS, {"app": DEP})) or (
+                    api.patches and time.time() - api.patches[-1] < interval_s + 1):
+                time.sleep(0.1)
+            time.sleep(rng.uniform(0, interval_s))
             stepped = exporter.set(HIGH_RPS)
-            deadline = time.time() + interval_s + window_s + 10
-            while len(api.patches) == before and time.time() < deadline:
+            deadline = stepped + interval_s + window_s + 10
+            while not any(t > stepped for t in api.patches) and time.time() < deadline:
                 time.sleep(0.01)
-            if len(api.patches) == before:
+            patched = next((t for t in api.patches if t > stepped), None)
+            if patched is None:
                 raise RuntimeError(f"trial {k}: no resize within {deadline - stepped:.0f} s")
-            patched = api.patches[before]
             sample = exporter.first_scrape_after(stepped)
             signal_s.append(patched - sample)
             step_s.append(patched - stepped)
@@ -226,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=10.0, help="signal_window_s")
     parser.add_argument("--scrape", type=float, default=1.0, help="Prometheus scrape interval")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="print every record written")
     args = parser.parse_args(argv)
     if not promtest.have_binaries("prometheus"):
         print("needs the prometheus binary (Debian package prometheus)")
@@ -234,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bridge-latency-") as tmp:
         for interval in args.intervals:
             rows.append(measure(Path(tmp), interval, args.trials, args.window, args.scrape,
-                                args.seed))
+                                args.seed, args.verbose))
     print(f"\nsignal-to-patch latency, {args.trials} trials each, scrape {args.scrape:g} s, "
           f"rate window {args.window:g} s, step {LOW_RPS:g} -> {HIGH_RPS:g} rps")
     print(f"{'interval':>9} {'sample->patch median':>21} {'p95':>7} {'step->patch median':>19} "

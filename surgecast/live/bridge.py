@@ -420,10 +420,11 @@ class BridgeController:
     def _signal(self, svc, query: str, now: pd.Timestamp, record) -> float | None:
         deadline = time.monotonic() + self.options.signal_deadline_s
         try:
-            # One evaluation at the tick's own time (to the millisecond, the API's precision):
-            # a grid of whole seconds would hide a sample scraped in the last second.
+            # One evaluation at the tick's time floored to the whole second (the reader's grid;
+            # never after ``now``, so a replay reads nothing from its future). A sample scraped
+            # in the last second waits for the next tick.
             values = self.source.read(
-                query, end=now, span=pd.Timedelta(0), step_s=0.001, deadline=deadline
+                query, end=now, span=pd.Timedelta(0), step_s=1.0, deadline=deadline
             )
         except SourceError as exc:
             record.errors.append(f"signal ({exc.reason}): {exc}")
