@@ -11,8 +11,8 @@ One tick for one service (:meth:`BridgeController.tick`):
    changing them.
 3. **Safety, as the actuator**: a ``now`` far from the wall clock, or the kill switch ConfigMap
    (active mode), turn the tick into a record-only one (server-side dry runs, as shadow mode).
-4. **Signal**: one Prometheus evaluation at ``now`` of the service's query with its range
-   selectors shortened to ``bridge.signal_window_s`` (:func:`fast_query`), through
+4. **Signal**: one Prometheus evaluation at ``now`` (its whole second) of the service's query
+   with its range selectors shortened to ``bridge.signal_window_s`` (:func:`fast_query`), via
    :class:`surgecast.live.prometheus.PrometheusSource` (deadline watchdog, retries, the
    refusal of negative or infinite rates); ``data.max_rps`` refuses an implausible value. No
    usable signal: nothing moves.
