@@ -244,11 +244,18 @@ def _hold_active(run: _Run, plan: Plan, now: pd.Timestamp) -> str | None:
 
 
 def _kill_switch(run: _Run) -> str | None:
+    return kill_switch(run.api, run.config.kill_switch_ref)
+
+
+def kill_switch(api: KubeApi, ref: tuple[str, str]) -> str | None:
+    """Why the operator's kill switch ConfigMap ``ref`` (namespace, name) pauses active writes,
+    or None. Not found: not paused; unreadable for any other reason: paused, to be safe. The
+    actuator and the bridge controller read it the same way."""
     from kubernetes.client.exceptions import ApiException
 
-    ns, name = run.config.kill_switch_ref
+    ns, name = ref
     try:
-        cm = run.api.configmap(ns, name)
+        cm = api.configmap(ns, name)
     except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
         if isinstance(exc, ApiException) and exc.status == 404:
             return None
@@ -654,18 +661,7 @@ def _resize(
             change.reason = "pod not ready yet: resized by a later run once ready"
             run.record.changes.append(change)
             continue
-        _do(
-            run,
-            (
-                change,
-                lambda n=pod_name: run.api.pod(ns, n),
-                lambda obj: P.resize_patch(obj, wl.container, cores),
-                lambda body, dry_run, n=pod_name: run.api.patch_resize(
-                    ns, n, body, dry_run=dry_run
-                ),
-            ),
-            stop=False,
-        )
+        _do(run, (change, *resize_calls(run.api, ns, pod_name, wl.container, cores)), stop=False)
         if not run.dry_run and change.outcome in ("applied", "unchanged"):
             watched.append((change, pod_name))
         elif not run.dry_run:
@@ -709,15 +705,21 @@ def _revert(run: _Run, wl: WorkloadSpec, pod_name: str, allocated_m: int) -> Non
         back,
         "revert a refused resize: the spec would keep reserving the refused CPU on the node",
     )
-    _do(
-        run,
-        (
-            change,
-            lambda: run.api.pod(ns, pod_name),
-            lambda obj: P.resize_patch(obj, wl.container, back),
-            lambda body, dry_run: run.api.patch_resize(ns, pod_name, body, dry_run=dry_run),
-        ),
-        stop=False,
+    _do(run, (change, *resize_calls(run.api, ns, pod_name, wl.container, back)), stop=False)
+
+
+def resize_calls(
+    api: KubeApi, namespace: str, pod: str, container: str, cores: int
+) -> tuple[Callable[[], dict], Callable[[dict], dict | None], Callable[..., dict]]:
+    """The (read, build, write) of one declarative in-place resize of ``pod`` to ``cores``
+    (CPU requests and limits together), for :func:`actuator.kube.converge`: a fresh GET of the
+    pod, the ``pods/{pod}/resize`` patch with the ``resourceVersion`` read (None when the spec
+    already asks for ``cores``), and the PATCH (``write(body, dry_run=...)``). The actuator's
+    runs and the bridge controller resize through it."""
+    return (
+        lambda: api.pod(namespace, pod),
+        lambda obj: P.resize_patch(obj, container, cores),
+        lambda body, dry_run: api.patch_resize(namespace, pod, body, dry_run=dry_run),
     )
 
 

@@ -18,6 +18,12 @@ the actuator's ServiceAccount. Rules with ``resourceNames`` wherever Kubernetes 
   scoped by name; the actuator only resizes pods selected by an allow-listed Deployment's
   selector;
 * ``events`` create (unscoped, as every controller's).
+
+With ``bridge=True`` the in-place bridge controller's ServiceAccount (``surgecast-bridge``) gets
+its own Role per namespace (:func:`bridge_manifests`): Deployments get, pods get + list,
+``pods/resize`` patch, its Leases ``surgecast-bridge-<service>`` get + patch, the
+pipeline's Leases get (to give way while a run holds one), Lease create, events create and the
+kill switch get. Never ``deployments/scale`` or HPAs: the bridge never touches replicas.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from actuator.lease import lease_name
 from actuator.spec import ServiceSpec
 
 ACCOUNT = "surgecast-actuator"
+BRIDGE_ACCOUNT = "surgecast-bridge"
 
 
 def rbac_manifests(
@@ -35,6 +42,7 @@ def rbac_manifests(
     *,
     account: str = ACCOUNT,
     account_namespace: str | None = None,
+    bridge: bool = False,
 ) -> list[dict]:
     """ServiceAccount, and per namespace a Role and RoleBinding granting only what the actuator
     needs for ``services``.
@@ -44,6 +52,7 @@ def rbac_manifests(
         account: the actuator's ServiceAccount.
         account_namespace: where the ServiceAccount lives (default: the first service's
             namespace); the RoleBindings of other namespaces bind it across namespaces.
+        bridge: also the bridge controller's manifests (:func:`bridge_manifests`).
 
     Returns:
         Plain manifests, in apply order.
@@ -61,26 +70,93 @@ def rbac_manifests(
     by_ns: dict[str, list[ServiceSpec]] = {}
     for svc in services:
         by_ns.setdefault(svc.namespace, []).append(svc)
+    switches = _switches(services)
+    for ns in sorted(set(by_ns) | set(switches)):
+        docs.append(_role(ns, by_ns.get(ns, []), account, sorted(switches.get(ns, ()))))
+        docs.append(_binding(ns, account, home))
+    if bridge:
+        docs += bridge_manifests(services, account_namespace=home)
+    return docs
+
+
+def bridge_manifests(
+    services: Sequence[ServiceConfig],
+    *,
+    account: str = BRIDGE_ACCOUNT,
+    account_namespace: str | None = None,
+) -> list[dict]:
+    """The bridge controller's ServiceAccount, and per namespace its Role and RoleBinding:
+    in-place resizes of the services' pods and its own Leases, nothing that moves replicas.
+
+    Args:
+        services: the service configs.
+        account: the bridge's ServiceAccount.
+        account_namespace: where it lives (default: the first service's namespace).
+    """
+    if not services:
+        raise ValueError("rbac: no services in the config")
+    home = account_namespace or services[0].namespace
+    docs: list[dict] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": home},
+        }
+    ]
+    by_ns: dict[str, list[ServiceConfig]] = {}
+    for svc in services:
+        by_ns.setdefault(svc.namespace, []).append(svc)
+    switches = _switches(services)
+    for ns in sorted(set(by_ns) | set(switches)):
+        rules = []
+        mine = by_ns.get(ns, [])
+        if mine:
+            deployments = sorted({w.deployment for s in mine for w in s.workloads})
+            bridge_leases = sorted({lease_name(f"bridge-{s.service}") for s in mine})
+            pipeline_leases = sorted({lease_name(s.service) for s in mine})
+            rules += [
+                _rule("apps", "deployments", ["get"], deployments),
+                _rule("", "pods", ["get", "list"]),
+                _rule("", "pods/resize", ["patch"]),
+                _rule("coordination.k8s.io", "leases", ["get", "patch"], bridge_leases),
+                _rule("coordination.k8s.io", "leases", ["get"], pipeline_leases),
+                _rule("coordination.k8s.io", "leases", ["create"]),
+                _rule("", "events", ["create"]),
+            ]
+        if switches.get(ns):
+            rules.append(_rule("", "configmaps", ["get"], sorted(switches[ns])))
+        docs.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": account, "namespace": ns},
+                "rules": rules,
+            }
+        )
+        docs.append(_binding(ns, account, home))
+    return docs
+
+
+def _switches(services: Sequence[ServiceConfig]) -> dict[str, set[str]]:
     switches: dict[str, set[str]] = {}
     for svc in services:
         ns, name = svc.kill_switch_ref
         switches.setdefault(ns, set()).add(name)
-    for ns in sorted(set(by_ns) | set(switches)):
-        docs.append(_role(ns, by_ns.get(ns, []), account, sorted(switches.get(ns, ()))))
-        docs.append(
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": account, "namespace": ns},
-                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": home}],
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": account,
-                },
-            }
-        )
-    return docs
+    return switches
+
+
+def _binding(namespace: str, account: str, home: str) -> dict:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": account, "namespace": namespace},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": home}],
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": account,
+        },
+    }
 
 
 def _role(

@@ -129,6 +129,10 @@ class DecisionRecord:
         errors: every error of the run, one line each (API, event, metrics).
         event: what became of the Kubernetes Event.
         metrics: what became of the Pushgateway push.
+        kind: who decided: ``actuator`` (a pipeline run applying a plan) or ``bridge`` (the
+            in-place bridge controller, :mod:`surgecast.live.bridge`). Both go to the same
+            files, so a bridge's up-move counts as a scale-up for the stabilisation guard, as
+            the backtest counts it.
     """
 
     service: str
@@ -145,6 +149,7 @@ class DecisionRecord:
     errors: list[str] = field(default_factory=list)
     event: str | None = None
     metrics: str | None = None
+    kind: str = "actuator"
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -365,11 +370,14 @@ def event_body(record: DecisionRecord, namespace: str, deployment: dict, now: pd
     else:
         reason, kind = "SurgecastUnchanged", "Normal"
     stamp = iso(now)
+    component = "surgecast-bridge" if record.kind == "bridge" else "surgecast-actuator"
+    if record.kind == "bridge":
+        reason = reason.replace("Surgecast", "SurgecastBridge", 1)
     return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {
-            "name": f"{name}.surgecast.{int(now.value // 1000):x}",
+            "name": f"{name}.{component.replace('-actuator', '')}.{int(now.value // 1000):x}",
             "namespace": namespace,
         },
         "involvedObject": {
@@ -383,9 +391,9 @@ def event_body(record: DecisionRecord, namespace: str, deployment: dict, now: pd
         "reason": reason,
         "message": record.summary()[:1024],
         "type": kind,
-        "source": {"component": "surgecast-actuator"},
-        "reportingComponent": "surgecast-actuator",
-        "reportingInstance": "surgecast-actuator",
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,
         "count": 1,
@@ -393,13 +401,20 @@ def event_body(record: DecisionRecord, namespace: str, deployment: dict, now: pd
 
 
 def push_metrics(
-    url: str, record: DecisionRecord, counters: dict[str, int], *, timeout_s: float = 5.0
+    url: str,
+    record: DecisionRecord,
+    counters: dict[str, int],
+    *,
+    timeout_s: float = 5.0,
+    job: str = "surgecast_actuator",
+    gauges: dict[str, tuple[str, float]] | None = None,
 ) -> None:
-    """Push the run's metrics to a Pushgateway (job ``surgecast_actuator``, group ``service``).
+    """Push the run's metrics to a Pushgateway (job ``job``, group ``service``).
 
-    Metrics: cumulative decisions, applied changes and errors (counters); per Deployment the
-    planned (target) and actual replicas and cores per pod; changes applied and errors of this
-    run; the run's time; 1 when active, 0 in shadow.
+    Metrics (named ``<job>_...``): cumulative decisions, applied changes and errors (counters);
+    per Deployment the planned (target) and actual replicas and cores per pod; changes applied
+    and errors of this run; the run's time; 1 when active, 0 in shadow; and ``gauges``
+    (``{name: (help, value)}``, e.g. the bridge's signal and heartbeat).
 
     Raises:
         OSError: the push failed (the caller records it; never fatal).
@@ -407,7 +422,9 @@ def push_metrics(
     from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 
     registry = CollectorRegistry()
-    prefix = "surgecast_actuator"
+    prefix = job
+    for name, (text, value) in (gauges or {}).items():
+        Gauge(f"{prefix}_{name}", text, registry=registry).set(value)
     for key, text in (
         ("decisions", "Decision records written"),
         ("changes_applied", "Changes the API server accepted"),
@@ -447,7 +464,7 @@ def push_metrics(
             gauges["actual", "cores"].labels(workload.deployment).set(actual["cores"])
     push_to_gateway(
         url,
-        job="surgecast_actuator",
+        job=job,
         registry=registry,
         grouping_key={"service": record.service},
         timeout=timeout_s,

@@ -1099,6 +1099,44 @@ def run_cmd(
         cycle(pd.Timestamp.now(tz="UTC").floor(interval))
 
 
+@app.command("bridge")
+def bridge_cmd(
+    config: Annotated[
+        Path, typer.Option(help="Service config (YAML), e.g. data/services.example.yaml.")
+    ],
+    service: Annotated[
+        list[str] | None, typer.Option(help="Only this service (repeatable).")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="One tick for every service, then exit.")
+    ] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between ticks, for every service (default: bridge.interval_s)."),
+    ] = None,
+) -> None:
+    """The in-place bridge controller: resize ready pods inside the plan's envelope.
+
+    Every few seconds, per service: read the load from Prometheus, resize the ready pods in
+    place when they do not carry it (down again once the plan's cores have carried it for a
+    while). Leader election per service; SIGTERM releases the Leases and exits.
+    """
+    from actuator.errors import ActuatorInputError
+    from surgecast.live.bridge import run_bridge
+
+    def show(result) -> None:
+        if result.record is not None and (once or result.written):
+            console.print(f"{result.service}: {result.record.summary()}", highlight=False,
+                          soft_wrap=True)
+
+    try:
+        if config.exists() and not config.is_file():  # a FIFO would block the read
+            raise BadInputError(f"{config}: not a regular file (--config needs a YAML file)")
+        run_bridge(config, services=service, once=once, interval_s=interval, on_tick=show)
+    except (BadInputError, ActuatorInputError) as exc:
+        raise _fail(str(exc)) from None
+
+
 @app.command("rbac")
 def rbac_cmd(
     config: Annotated[
@@ -1127,7 +1165,9 @@ def rbac_cmd(
         if out is not None:
             check_output_file(out, "--out")
         docs = rbac_manifests(
-            [settings.actuator_config(name) for name in settings.names], account=account
+            [settings.actuator_config(name) for name in settings.names],
+            account=account,
+            bridge=True,
         )
     except (BadInputError, ValueError) as exc:
         raise _fail(str(exc)) from None

@@ -412,8 +412,14 @@ def test_rbac_command_writes_the_scoped_role_for_the_config(tmp_path):
         "RoleBinding",
         "Role",
         "RoleBinding",
+    ] * 2  # the actuator's, then the bridge controller's
+    (inference,) = [
+        d
+        for d in docs
+        if d["kind"] == "Role"
+        and d["metadata"]["namespace"] == NS
+        and d["metadata"]["name"] == "surgecast-actuator"
     ]
-    (inference,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == NS]
     scoped = {(r["resources"][0], tuple(r.get("resourceNames", ()))) for r in inference["rules"]}
     assert ("deployments/scale", (DEP,)) in scoped
     assert ("horizontalpodautoscalers", ("resnet18-hpa",)) in scoped

@@ -1,0 +1,426 @@
+"""The in-place bridge's decision: how many cores the ready pods of a service run right now.
+
+Themis' first stage in production (DESIGN sections 4 and 6). The periodic pipeline (every
+``run_interval_s``, 5 minutes by default) owns replicas and the *envelope*: the current plan
+step's cores per pod are the floor, ``bridge.max_cores`` (else ``bounds.max_cores``) the ceiling.
+Between two runs the bridge owns in-place cores inside that envelope, every ``interval_s``
+seconds, on a fast load signal:
+
+* **up at once** when the ready pods, at the CPU they run with, do not carry the signal's load
+  with the planner's Poisson headroom (:func:`planner.queueing.headroom_rps`): the ready pods
+  get the fewest cores that do (DP 2's question, :func:`planner.dp.vertical`: replicas fixed at
+  the ready count, least cores that carry λ̃ within the SLO), at most the ceiling;
+* **down towards the plan's cores** only when the lower shape has carried every signal sample
+  of the last ``scale_down_after_s`` seconds and no up-move happened in that time (hysteresis:
+  a load that hovers at a threshold does not flap the pods);
+* **never outside** [plan cores, ceiling], and never a replica: the pipeline adds those.
+
+Two deliberate differences from the planner's DP 2:
+
+* the batch stays what the pods run: it is an application setting that changes only through
+  the pod template (``WorkloadConfig.batch_env``), never in place;
+* the SLO check is on processing latency alone. The batch-fill wait shrinks as the load rises
+  and more cores do not shorten it, so including it would make the answer non-monotone in load
+  (more cores at a lower load) without carrying one request more.
+
+Everything here is pure: no I/O, no clock (``now_s`` is a parameter).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import pandas as pd
+
+from actuator.errors import ActuatorInputError
+from planner.plan import Plan
+from planner.profiles import LatencyProfile
+from planner.queueing import headroom_rps
+
+UP, DOWN, HOLD = "up", "down", "hold"
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """The bridge's knobs for one service (the service spec's ``bridge`` table).
+
+    Read from a spec with :func:`bridge_settings`; these defaults apply to a spec without one.
+    """
+
+    enabled: bool = True
+    """Run the bridge for this service at all."""
+
+    interval_s: float = 5.0
+    """Seconds between two looks at the signal, in [1, 300]. The signal-to-patch latency is
+    about half of it plus the scrape interval and the rate window's lag (deploy/README.md)."""
+
+    signal_window_s: float = 30.0
+    """The PromQL range of the fast signal, in [5, 600] s: every ``[<duration>]`` range
+    selector of the service's query becomes ``[<signal_window_s>s]``."""
+
+    scale_down_after_s: float = 60.0
+    """A down-move needs the lower shape to have carried the load this long, and no up-move in
+    this time, in [0, 3600] s."""
+
+    max_cores: int | None = None
+    """The envelope's ceiling per pod; None: the workload's ``bounds.max_cores``."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ActuatorInputError(f"bridge.enabled: must be true or false, got {self.enabled!r}")
+        for name, low, high in (
+            ("interval_s", 1.0, 300.0),
+            ("signal_window_s", 5.0, 600.0),
+            ("scale_down_after_s", 0.0, 3600.0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ActuatorInputError(f"bridge.{name}: must be a number, got {value!r}")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ActuatorInputError(
+                    f"bridge.{name}: must be in [{low:g}, {high:g}] s, got {value}"
+                )
+        if self.max_cores is not None and (
+            isinstance(self.max_cores, bool)
+            or not isinstance(self.max_cores, int)
+            or self.max_cores < 1
+        ):
+            raise ActuatorInputError(
+                f"bridge.max_cores: must be an integer >= 1 or null, got {self.max_cores!r}"
+            )
+
+
+def bridge_settings(spec: object) -> BridgeSettings:
+    """The bridge settings of a service spec: its ``bridge`` attribute (a model, a mapping or
+    absent), field by field, with :class:`BridgeSettings`' defaults for what it does not give.
+
+    Raises:
+        ActuatorInputError: a value out of range (one line naming ``bridge.<field>``).
+    """
+    raw = getattr(spec, "bridge", None)
+    if raw is None:
+        return BridgeSettings()
+    if isinstance(raw, BridgeSettings):
+        return raw
+    values = {}
+    for f in fields(BridgeSettings):
+        if isinstance(raw, Mapping):
+            if f.name in raw:
+                values[f.name] = raw[f.name]
+        elif hasattr(raw, f.name):
+            values[f.name] = getattr(raw, f.name)
+    return BridgeSettings(**values)
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the pipeline allows the bridge, per stage: cores per pod in [floor, ceiling].
+
+    Attributes:
+        floor_cores: the current plan step's cores (the bridge never goes below).
+        ceiling_cores: ``bridge.max_cores`` or ``bounds.max_cores`` (at least the floor).
+        source: where the floor comes from, for the record.
+    """
+
+    floor_cores: tuple[int, ...]
+    ceiling_cores: tuple[int, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        floors = tuple(int(c) for c in self.floor_cores)
+        ceilings = tuple(max(int(h), f) for h, f in zip(self.ceiling_cores, floors, strict=True))
+        if not floors or min(floors) < 1:
+            raise ActuatorInputError(f"envelope: floors must be >= 1, got {floors}")
+        object.__setattr__(self, "floor_cores", floors)
+        object.__setattr__(self, "ceiling_cores", ceilings)
+
+
+def plan_step_now(plan: Plan, now: pd.Timestamp):
+    """The plan step in force at ``now``: the latest whose ``apply_at`` has passed (the actuator
+    has started it), else the first; None for a plan without steps."""
+    if not plan.steps:
+        return None
+    started = [s for s in plan.steps if s.apply_at <= now]
+    return started[-1] if started else plan.steps[0]
+
+
+def envelope(
+    plan: Plan | None,
+    now: pd.Timestamp,
+    *,
+    min_cores: Sequence[int],
+    max_cores: Sequence[int],
+    bridge_max_cores: int | None,
+    current_cores: Sequence[int],
+    why_no_plan: str = "no plan",
+) -> Envelope:
+    """The envelope of every stage at ``now``.
+
+    With a usable plan the floor is its current step's cores (within the bounds). Without one
+    (none stored, expired, corrupt: ``why_no_plan``) the floor is what the pods ask for now:
+    the bridge may grow them but never shrinks a service it has no plan for.
+
+    Args:
+        plan: the service's latest usable plan, or None.
+        now: the tick's time.
+        min_cores, max_cores: per stage, the workload's bounds.
+        bridge_max_cores: ``bridge.max_cores`` (None: the bounds' max).
+        current_cores: per stage, the cores the ready pods ask for now.
+    """
+    ceilings = tuple(
+        min(hi, bridge_max_cores) if bridge_max_cores is not None else hi for hi in max_cores
+    )
+    step = None if plan is None else plan_step_now(plan, now)
+    if step is not None and len(step.cores) == len(min_cores):
+        floors = tuple(
+            min(max(c, lo), hi) for c, lo, hi in zip(step.cores, min_cores, max_cores, strict=True)
+        )
+        source = f"plan {plan.service}@{plan.cutoff.isoformat()} step {step.kind}"
+        return Envelope(floors, ceilings, source)
+    if step is not None:
+        why_no_plan = f"plan has {len(step.cores)} stage(s), the service {len(min_cores)}"
+    floors = tuple(
+        min(max(c, lo), hi) for c, lo, hi in zip(current_cores, min_cores, max_cores, strict=True)
+    )
+    return Envelope(floors, ceilings, f"{why_no_plan}: floor = the pods' current cores")
+
+
+@dataclass(frozen=True)
+class StageNow:
+    """One stage (one Deployment) as the bridge sees it.
+
+    Attributes:
+        profile: the stage's latency profile.
+        batch: the batch size its pods run.
+        ready_millicores: per ready pod, the CPU it runs with (allocated, millicores).
+        cores: the cores per pod the ready pods ask for now (their spec; the largest).
+    """
+
+    profile: LatencyProfile
+    batch: int
+    ready_millicores: tuple[int, ...]
+    cores: int
+
+    @property
+    def ready(self) -> int:
+        return len(self.ready_millicores)
+
+
+@dataclass(frozen=True)
+class BridgeDecision:
+    """What the ready pods should run.
+
+    Attributes:
+        cores: per stage, cores per ready pod.
+        direction: ``up``, ``down`` or ``hold`` (for the stages that move; an up-move never
+            takes another stage down at the same time).
+        reason: one line.
+        carried: the ready pods at their CPU carry the signal's load with headroom.
+        need_cores: per stage, the fewest cores that carry the load (within the envelope;
+            the ceiling when even that does not).
+        load_rps: the signal's load; ``target_rps`` it with headroom.
+    """
+
+    cores: tuple[int, ...]
+    direction: str
+    reason: str
+    carried: bool
+    need_cores: tuple[int, ...]
+    load_rps: float
+    target_rps: float
+
+
+# --------------------------------------------------------------------------------------------
+# the decision
+
+
+def carries(stages: Sequence[StageNow], rps: float, slo_ms: float) -> bool:
+    """Whether the ready pods at the CPU they run with carry ``rps`` with headroom: every stage's
+    summed throughput covers λ + √λ, and the slowest pods of the stages meet the SLO."""
+    need = headroom_rps(rps)
+    latency = 0.0
+    for s in stages:
+        cores = [m / 1000 for m in s.ready_millicores if m > 0]
+        if not cores:
+            return need <= 0
+        if sum(float(s.profile.throughput_rps(s.batch, c)) for c in cores) < need:
+            return False
+        latency += float(s.profile.latency_ms(s.batch, min(cores)))
+    return latency <= slo_ms
+
+
+def need_cores(
+    stages: Sequence[StageNow], rps: float, slo_ms: float, env: Envelope
+) -> tuple[tuple[int, ...], str | None]:
+    """The fewest cores per ready pod (least total cores, then the fastest) inside the envelope
+    that carry ``rps`` with headroom within the SLO, the replicas fixed at the ready counts.
+
+    Returns:
+        (cores per stage, None), or (the ceiling, why it falls short) when nothing inside the
+        envelope carries the load: the pipeline's next run adds the replicas.
+    """
+    target = headroom_rps(rps)
+    options: list[list[int]] = []
+    for s, lo, hi in zip(stages, env.floor_cores, env.ceiling_cores, strict=True):
+        n = max(s.ready, 1)
+        first = next(
+            (c for c in range(lo, hi + 1) if n * float(s.profile.throughput_rps(s.batch, c))
+             >= target),
+            None,
+        )
+        if first is None:
+            return env.ceiling_cores, _short_of(stages, env, target)
+        options.append(list(range(first, hi + 1)))
+    best: tuple[int, float, tuple[int, ...]] | None = None
+    for combo in itertools.product(*options) if len(options) > 1 else ((c,) for c in options[0]):
+        latency = sum(
+            float(s.profile.latency_ms(s.batch, c)) for s, c in zip(stages, combo, strict=True)
+        )
+        if latency > slo_ms:
+            continue
+        cost = sum(max(s.ready, 1) * c for s, c in zip(stages, combo, strict=True))
+        if best is None or (cost, latency) < best[:2]:
+            best = (cost, latency, combo)
+        if len(options) == 1:
+            break  # one stage: the first that meets the SLO is the cheapest
+    if best is None:
+        return env.ceiling_cores, (
+            f"the SLO of {slo_ms:g} ms is out of reach below the ceiling "
+            f"{_cores(env.ceiling_cores)} cores at this batch"
+        )
+    return best[2], None
+
+
+def _short_of(stages: Sequence[StageNow], env: Envelope, target: float) -> str:
+    most = min(
+        max(s.ready, 1) * float(s.profile.throughput_rps(s.batch, hi))
+        for s, hi in zip(stages, env.ceiling_cores, strict=True)
+    )
+    return (
+        f"at the ceiling {_cores(env.ceiling_cores)} cores the ready pods carry {most:.1f} of "
+        f"{target:.1f} rps: the pipeline adds the replicas"
+    )
+
+
+def decide(
+    settings: BridgeSettings,
+    stages: Sequence[StageNow],
+    env: Envelope,
+    *,
+    rps: float,
+    slo_ms: float,
+    now_s: float,
+    last_up_s: float | None,
+    window_peak_rps: float,
+    window_start_s: float,
+) -> BridgeDecision:
+    """The cores per ready pod of every stage now.
+
+    Args:
+        settings: the bridge's knobs.
+        stages: every stage of the service, in plan order.
+        env: the envelope the pipeline allows.
+        rps: the fast signal's load (requests per second, >= 0).
+        slo_ms: the end-to-end latency SLO.
+        now_s: the tick's time (s, any epoch; the same clock as the other times).
+        last_up_s: the bridge's last up-move (None: none known).
+        window_peak_rps: the highest signal sample since ``window_start_s``.
+        window_start_s: the oldest signal sample the controller still holds: a down-move needs
+            ``scale_down_after_s`` of signal behind it.
+
+    Returns:
+        The decision; ``cores`` is always inside the envelope.
+    """
+    if not stages or len(stages) != len(env.floor_cores):
+        raise ActuatorInputError("bridge: one envelope entry per stage is needed")
+    if not math.isfinite(rps) or rps < 0:
+        raise ActuatorInputError(f"bridge: the signal must be a rate >= 0, got {rps}")
+    lo, hi = env.floor_cores, env.ceiling_cores
+    current = tuple(s.cores for s in stages)
+    target = headroom_rps(rps)
+    if all(s.ready == 0 for s in stages):
+        return BridgeDecision(current, HOLD, "no ready pods to resize", False, current, rps,
+                              target)
+    carried = carries(stages, rps, slo_ms)
+    need, short = need_cores(stages, rps, slo_ms, env)
+    # The envelope alone: a pod below the plan's cores (a new pod from the template) rises to
+    # the floor; a pod above the ceiling (the ceiling was lowered) comes down to it.
+    inside = tuple(min(max(c, f), h) for c, f, h in zip(current, lo, hi, strict=True))
+    if not carried:
+        cores = tuple(max(c, n) for c, n in zip(inside, need, strict=True))
+        load = f"{rps:.1f} rps ({target:.1f} with headroom)"
+        why = f"{load} exceeds what the ready pods carry at their CPU: {_cores(cores)} cores"
+        if short:
+            why += f"; {short}"
+    else:
+        cores = inside
+        why = f"{rps:.1f} rps carried"
+        peak = max(rps, window_peak_rps)
+        lower = tuple(
+            min(c, max(f, n))
+            for c, f, n in zip(inside, lo, need_cores(stages, peak, slo_ms, env)[0], strict=True)
+        )
+        if lower != inside:
+            since_up = math.inf if last_up_s is None else now_s - last_up_s
+            covered = now_s - window_start_s
+            wait = settings.scale_down_after_s
+            if since_up < wait:
+                why += (
+                    f"; down to {_cores(lower)} cores waits: {since_up:.0f} s since the last "
+                    f"up-move (scale_down_after_s {wait:g})"
+                )
+            elif covered < wait:
+                why += (
+                    f"; down to {_cores(lower)} cores waits: {covered:.0f} s of signal behind "
+                    f"it (scale_down_after_s {wait:g})"
+                )
+            else:
+                cores = lower
+                why += (
+                    f"; {_cores(lower)} cores carried the peak {peak:.1f} rps of the last "
+                    f"{covered:.0f} s: down towards the plan's {_cores(lo)}"
+                )
+    ups = any(c > s for c, s in zip(cores, current, strict=True))
+    if ups:
+        # An up-move never shrinks another stage in the same tick (except to its ceiling).
+        cores = tuple(max(c, min(s, h)) for c, s, h in zip(cores, current, hi, strict=True))
+    downs = any(c < s for c, s in zip(cores, current, strict=True))
+    direction = UP if ups else DOWN if downs else HOLD
+    if direction == HOLD and not carried:
+        why = (
+            f"{rps:.1f} rps ({target:.1f} with headroom) not carried yet; the pods already ask "
+            f"for {_cores(current)} cores" + (f"; {short}" if short else "")
+        )
+    return BridgeDecision(cores, direction, f"{why} [{env.source}]", carried, need, rps, target)
+
+
+def held_by(lease: Mapping | None, now_s: float) -> str | None:
+    """The holder of a Lease (a JSON dict as the API returns it) at ``now_s`` (wall clock, epoch
+    s), or None when nobody holds it: no holder, or its ``renewTime + leaseDurationSeconds`` has
+    passed. A holder whose times cannot be read counts as holding (safety first)."""
+    if not lease:
+        return None
+    spec = lease.get("spec") or {}
+    holder = spec.get("holderIdentity")
+    if not holder:
+        return None
+    stamp = spec.get("renewTime") or spec.get("acquireTime") or (
+        (lease.get("metadata") or {}).get("creationTimestamp")
+    )
+    try:
+        renewed = pd.Timestamp(stamp).timestamp()
+        duration = float(spec.get("leaseDurationSeconds") or 0)
+    except (TypeError, ValueError):
+        return str(holder)
+    return str(holder) if renewed + duration > now_s else None
+
+
+def _cores(values: Sequence[int]) -> str:
+    return ",".join(str(v) for v in values)
