@@ -31,11 +31,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import pandas as pd
 
 from actuator.errors import ActuatorInputError
+from actuator.spec import BridgeSpec
 from planner.plan import Plan
 from planner.profiles import LatencyProfile
 from planner.queueing import headroom_rps
@@ -43,76 +44,16 @@ from planner.queueing import headroom_rps
 UP, DOWN, HOLD = "up", "down", "hold"
 
 
-@dataclass(frozen=True)
-class BridgeSettings:
-    """The bridge's knobs for one service (the service spec's ``bridge`` table).
-
-    Read from a spec with :func:`bridge_settings`; these defaults apply to a spec without one.
-    """
-
-    enabled: bool = True
-    """Run the bridge for this service at all."""
-
-    interval_s: float = 5.0
-    """Seconds between two looks at the signal, in [1, 300]. The signal-to-patch latency is
-    about half of it plus the scrape interval and the rate window's lag (deploy/README.md)."""
-
-    signal_window_s: float = 30.0
-    """The PromQL range of the fast signal, in [5, 600] s: every ``[<duration>]`` range
-    selector of the service's query becomes ``[<signal_window_s>s]``."""
-
-    scale_down_after_s: float = 60.0
-    """A down-move needs the lower shape to have carried the load this long, and no up-move in
-    this time, in [0, 3600] s."""
-
-    max_cores: int | None = None
-    """The envelope's ceiling per pod; None: the workload's ``bounds.max_cores``."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ActuatorInputError(f"bridge.enabled: must be true or false, got {self.enabled!r}")
-        for name, low, high in (
-            ("interval_s", 1.0, 300.0),
-            ("signal_window_s", 5.0, 600.0),
-            ("scale_down_after_s", 0.0, 3600.0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ActuatorInputError(f"bridge.{name}: must be a number, got {value!r}")
-            if not (math.isfinite(value) and low <= value <= high):
-                raise ActuatorInputError(
-                    f"bridge.{name}: must be in [{low:g}, {high:g}] s, got {value}"
-                )
-        if self.max_cores is not None and (
-            isinstance(self.max_cores, bool)
-            or not isinstance(self.max_cores, int)
-            or self.max_cores < 1
-        ):
-            raise ActuatorInputError(
-                f"bridge.max_cores: must be an integer >= 1 or null, got {self.max_cores!r}"
-            )
+BridgeSettings = BridgeSpec
+"""The bridge's knobs for one service: the service spec's ``bridge`` table
+(:class:`actuator.spec.BridgeSpec`, where their defaults and ranges are written)."""
 
 
-def bridge_settings(spec: object) -> BridgeSettings:
-    """The bridge settings of a service spec: its ``bridge`` attribute (a model, a mapping or
-    absent), field by field, with :class:`BridgeSettings`' defaults for what it does not give.
-
-    Raises:
-        ActuatorInputError: a value out of range (one line naming ``bridge.<field>``).
-    """
+def bridge_settings(spec: object) -> BridgeSpec:
+    """The bridge settings of a service spec: its ``bridge`` table, or the defaults for a spec
+    without one (a spec built in code for a test)."""
     raw = getattr(spec, "bridge", None)
-    if raw is None:
-        return BridgeSettings()
-    if isinstance(raw, BridgeSettings):
-        return raw
-    values = {}
-    for f in fields(BridgeSettings):
-        if isinstance(raw, Mapping):
-            if f.name in raw:
-                values[f.name] = raw[f.name]
-        elif hasattr(raw, f.name):
-            values[f.name] = getattr(raw, f.name)
-    return BridgeSettings(**values)
+    return raw if isinstance(raw, BridgeSpec) else BridgeSpec()
 
 
 # --------------------------------------------------------------------------------------------

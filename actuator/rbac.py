@@ -80,7 +80,7 @@ def rbac_manifests(
 
 
 def bridge_manifests(
-    services: Sequence[ServiceConfig],
+    services: Sequence[ServiceSpec],
     *,
     account: str = BRIDGE_ACCOUNT,
     account_namespace: str | None = None,
@@ -103,7 +103,7 @@ def bridge_manifests(
             "metadata": {"name": account, "namespace": home},
         }
     ]
-    by_ns: dict[str, list[ServiceConfig]] = {}
+    by_ns: dict[str, list[ServiceSpec]] = {}
     for svc in services:
         by_ns.setdefault(svc.namespace, []).append(svc)
     switches = _switches(services)
@@ -112,8 +112,8 @@ def bridge_manifests(
         mine = by_ns.get(ns, [])
         if mine:
             deployments = sorted({w.deployment for s in mine for w in s.workloads})
-            bridge_leases = sorted({lease_name(f"bridge-{s.service}") for s in mine})
-            pipeline_leases = sorted({lease_name(s.service) for s in mine})
+            bridge_leases = sorted({lease_name(f"bridge-{s.name}") for s in mine})
+            pipeline_leases = sorted({lease_name(s.name) for s in mine})
             rules += [
                 _rule("apps", "deployments", ["get"], deployments),
                 _rule("", "pods", ["get", "list"]),
@@ -137,7 +137,7 @@ def bridge_manifests(
     return docs
 
 
-def _switches(services: Sequence[ServiceConfig]) -> dict[str, set[str]]:
+def _switches(services: Sequence[ServiceSpec]) -> dict[str, set[str]]:
     switches: dict[str, set[str]] = {}
     for svc in services:
         ns, name = svc.kill_switch_ref

@@ -234,9 +234,8 @@ class BridgeController:
         """The bridge settings of ``service`` (with the --interval override)."""
         knobs = self.options.knobs or bridge_settings(self.settings.service(service))
         if self.options.interval_s is not None:
-            from dataclasses import replace
 
-            knobs = replace(knobs, interval_s=float(self.options.interval_s))
+            knobs = knobs.model_copy(update={"interval_s": float(self.options.interval_s)})
         return knobs
 
     def tick(self, service: str, now: pd.Timestamp | None = None) -> TickResult:
