@@ -32,6 +32,7 @@ from surgecast.live.bridge import (
     BridgeController,
     BridgeOptions,
     bridge_lease_name,
+    controller_for,
     fast_query,
     run_bridge,
 )
@@ -115,9 +116,9 @@ class World:
         self.store = ArtifactStore(str(self.root))
 
     def controller(self, identity: str = "bridge-a") -> BridgeController:
-        return BridgeController(
+        return controller_for(
             self.settings,
-            self.api,
+            api=self.api,
             records_root=self.records,
             store=self.store,
             source=PrometheusSource(self.settings.prometheus),
