@@ -32,8 +32,9 @@ import urllib3
 from actuator import pods as P
 from actuator.config import ServiceConfig, WorkloadConfig
 from actuator.guards import allowed_workload, not_expired
-from actuator.kube import KubeApi, RetryPolicy, converge, describe_error, read_with_retries
+from actuator.kube import RetryPolicy, converge, describe_error, read_with_retries
 from actuator.lease import Lease, lease_name
+from actuator.port import ClusterPort
 from actuator.records import (
     Change,
     DecisionRecord,
@@ -106,7 +107,7 @@ class _Run:
     """State shared by the steps of one run."""
 
     config: ServiceConfig
-    api: KubeApi
+    api: ClusterPort
     options: RunOptions
     record: DecisionRecord
     artifacts: Path
@@ -123,7 +124,7 @@ class _Run:
 def actuate(
     plan: Plan,
     services: Sequence[ServiceConfig],
-    api: KubeApi,
+    api: ClusterPort,
     *,
     now,
     artifacts: Path,
@@ -135,7 +136,7 @@ def actuate(
     Args:
         plan: the planner's Plan.
         services: the service configs; only a service named here is touched.
-        api: the Kubernetes API.
+        api: the cluster port (the Kubernetes API, or the backtest's model).
         now: the run's time (tz-aware timestamp or ISO string); never read from a clock here.
         artifacts: root of the artifact store; the record goes to
             ``decisions/<service>/<YYYY-MM-DD>.jsonl`` under it.
@@ -849,7 +850,7 @@ def _announce(run: _Run, now) -> None:
         record.metrics = f"failed: {exc}"
 
 
-def _create_event(api: KubeApi, namespace: str, body: dict) -> str:
+def _create_event(api: ClusterPort, namespace: str, body: dict) -> str:
     from kubernetes.client.exceptions import ApiException
 
     try:
