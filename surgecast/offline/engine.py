@@ -233,7 +233,9 @@ class Engine:
         other controllers going. What a controller hands the actuator as its ``sleep``."""
         if seconds < 0:
             raise ValueError(f"cannot sleep {seconds} s")
-        self._advance_to(self.now_s + seconds)
+        target = self.now_s + seconds
+        self._tick_due()  # the others due now start now, not after this wait
+        self._advance_to(target)
 
     def run(self) -> SimulationResult:
         """Serve the whole span; the result's policy name is set by the caller."""
@@ -288,6 +290,10 @@ class Engine:
                 controller.tick(self.now())
             finally:
                 self._running.discard(i)
+            # A tick that outlived its period skips the slots it overlapped (no catch-up
+            # burst): the next tick is the next slot on the controller's grid.
+            while self._next_tick[i] <= self.now_s + 1e-9:
+                self._next_tick[i] += float(controller.period_s)
 
     # -- what a controller may observe (nothing later than now) -------------------------------
 
