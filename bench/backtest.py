@@ -62,8 +62,13 @@ def _simulator_alone(days: float, queue) -> None:
     from actuator.guards import Bounds, within_bounds
     from planner.dp import horizontal
     from surgecast.offline.backtest import per_second_arrivals
-    from surgecast.offline.policies import Static
     from surgecast.offline.simulator import SimulationSettings, simulate
+
+    class Fixed:  # the shape never changes: the serving engine alone
+        name = "fixed"
+
+        def decide(self, view):
+            return None
 
     rps, pipeline = _load()
     start = rps.index[0] + pd.Timedelta(days=TRAIN_DAYS)
@@ -76,7 +81,7 @@ def _simulator_alone(days: float, queue) -> None:
     simulate(
         counts,
         pipeline,
-        Static(shape),
+        Fixed(),
         shape,
         SimulationSettings(750.0),
         lambda s, v, t, up: (lambda c: within_bounds(c, bounds),),

@@ -30,23 +30,19 @@ import numpy as np
 import pandas as pd
 
 from actuator.config import ServiceConfig
-from actuator.guards import Bounds, hold_scale_in, within_bounds
+from actuator.guards import Bounds, within_bounds
 from forecasting.cleaning import fill_gaps
 from forecasting.errors import BadInputError
 from forecasting.models import CeemdanHybrid
 from planner.dp import StageConfig, horizontal
 from planner.profiles import Pipeline
 from surgecast.offline.cluster import Clock, ClusterModel, Node
-from surgecast.offline.controllers import PipelineCycle
+from surgecast.offline.controllers import PipelineCycle, ThemisController, VpaController
 from surgecast.offline.engine import Controller, Engine, StageBinding
-from surgecast.offline.policies import VPA, ThemisReactive
 from surgecast.offline.port import SimPort
 from surgecast.offline.simulator import (
     SimulationResult,
-    SimulationSettings,
-    StageView,
     per_minute,
-    simulate,
 )
 from surgecast.settings import ForecastSettings, ServiceSettings, Settings, WorkloadSettings
 
@@ -392,7 +388,7 @@ def run_backtest(
     ctx = _Context(
         pipeline, settings, bounds, counts, history, start, warm, median_shape, bridge
     )
-    if set(policies) - {"hpa", "vpa", "themis", "static-peak"}:
+    if set(policies) - {"hpa", "static-peak"}:
         service_spec(ctx, hpa=True)  # refuse settings the service spec refuses, before any run
 
     forecasts: list[tuple[pd.Timestamp, np.ndarray]] = []
@@ -407,14 +403,10 @@ def run_backtest(
                 "no bridge controller ships yet: surgecast runs without one, so this row is "
                 "surgecast's run (not simulated twice)"
             )
-        elif name in ("hpa", "static-peak", "surgecast", "surgecast-no-bridge",
-                      "surgecast-no-forecast", "oracle"):
+        else:
             runs[name], note = _run_on_model(name, ctx, forecasts, tick)
             if note:
                 notes[name] = note
-        else:
-            runs[name] = _run_legacy(name, ctx, tick)
-            notes[name] = "baseline policy object on the shape-driven simulator"
         if progress is not None:
             progress(name, n_sec, total=n_sec)
     return BacktestResult(
@@ -540,8 +532,22 @@ def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:
                 pipeline, _peak_rps(ctx.counts), s.slo_ms, max_replicas=bounds.max_replicas
             ).stages
         )
+    elif name == "vpa":
+        peak = _peak_rps(ctx.counts)
+        top = horizontal(pipeline, peak, s.slo_ms, max_replicas=bounds.max_replicas).stages[0]
+        # Enough replicas to carry the peak at the largest pods: vertical scaling can cover it.
+        per_pod = float(pipeline.stages[0].throughput_rps(top.batch, bounds.max_cores))
+        replicas = max(1, math.ceil((peak + math.sqrt(peak)) / per_pod))
+        shapes = [StageConfig(replicas, w.cores, top.batch) for w in ctx.warm]
     else:
-        shapes = list(ctx.warm)
+        # An in-place resize changes CPU, not the server's batch (the actuator writes a batch
+        # only into the template, and only with rewrite_template): the pods run at the batch
+        # an operator would configure, the one the horizontal DP picks for the span's peak.
+        top = horizontal(
+            pipeline, _peak_rps(ctx.counts), s.slo_ms, max_replicas=bounds.max_replicas
+        ).stages
+        shapes = [StageConfig(w.replicas, w.cores, t.batch) for w, t in zip(ctx.warm, top,
+                                                                              strict=True)]
     shapes = [within_bounds(shape, bounds).config for shape in shapes]
     model, port = _model(ctx, shapes)
     engine = Engine(
@@ -559,6 +565,17 @@ def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:
             model.add_hpa(NAMESPACE, f"{dep}-hpa", dep, min_replicas=1,
                           max_replicas=bounds.max_replicas,
                           target_utilisation=round(100 * HPA_TARGET))
+    elif name in ("themis", "vpa"):
+        spec = service_spec(ctx, hpa=False)
+        config = spec.actuator_config(SERVICE)
+        batch = tuple(sh.batch for sh in shapes)
+        if name == "themis":
+            controller = ThemisController(
+                engine, port, config, pipeline, spec.service(SERVICE).policy(), batch
+            )
+        else:
+            controller = VpaController(engine, port, config, batch)
+        engine.controllers.append(controller)
     elif name != "static-peak":
         spec = service_spec(ctx, hpa=True)
         config = spec.actuator_config(SERVICE)
@@ -608,44 +625,6 @@ def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:
 def _at(forecaster, start: pd.Timestamp):
     """A forecaster of seconds since the span's start, called with timestamps."""
     return lambda now: forecaster(int((now - start).total_seconds()))
-
-
-def _run_legacy(name: str, ctx: _Context, progress) -> SimulationResult:
-    """Themis and VPA: policy objects on the shape-driven simulator (until they run as
-    controllers through the port)."""
-    s, pipeline, bounds = ctx.settings, ctx.pipeline, ctx.bounds
-    sim = SimulationSettings(s.slo_ms, s.cold_start_s, s.resize_s)
-
-    def capacity(stage: int, config: StageConfig) -> float:
-        profile = pipeline.stages[stage]
-        return config.replicas * float(profile.throughput_rps(config.batch, config.cores))
-
-    def guards(stage: int, view: StageView, now_s: int, last_up: int | None):
-        return (
-            partial(within_bounds, bounds=bounds),
-            partial(
-                hold_scale_in,
-                current=view.config,
-                now_s=now_s,
-                last_scale_up_s=last_up,
-                window_s=s.stabilisation_s,
-                capacity_rps=partial(capacity, stage),
-                resize_window_s=s.resize_stabilisation_s,
-            ),
-        )
-
-    n_stages = len(pipeline.stages)
-    if name == "vpa":
-        peak = _peak_rps(ctx.counts)
-        top = horizontal(pipeline, peak, s.slo_ms, max_replicas=bounds.max_replicas).stages[0]
-        per_pod = float(pipeline.stages[0].throughput_rps(top.batch, bounds.max_cores))
-        replicas = max(1, math.ceil((peak + math.sqrt(peak)) / per_pod))
-        policy = VPA(replicas, top.batch, bounds.max_cores, n_stages=n_stages)
-        initial = [StageConfig(replicas, w.cores, top.batch) for w in ctx.warm]
-    else:
-        policy, initial = ThemisReactive(pipeline, s.slo_ms, bounds.max_replicas), list(ctx.warm)
-    initial = [within_bounds(shape, bounds).config for shape in initial]
-    return simulate(ctx.counts, pipeline, policy, initial, sim, guards, progress=progress)
 
 
 def write_results(result: BacktestResult, out: Path) -> tuple[Path, Path]:
