@@ -405,6 +405,8 @@ def run_backtest(
             )
         else:
             runs[name], note = _run_on_model(name, ctx, forecasts, tick)
+            if name == "surgecast" and bridge is None:
+                note = "the pipeline and the HPA above the plan; no in-place bridge ships yet"
             if note:
                 notes[name] = note
         if progress is not None:
