@@ -565,7 +565,8 @@ class ClusterModel:
     def next_due_s(self) -> float:
         """The next instant (epoch s) at which a controller has something to do (inf: none);
         until then the objects stay as they are."""
-        return min(self._due_times(), default=math.inf)
+        now = self._now
+        return min((t for t in self._due_times() if t > now), default=math.inf)
 
     def _due_times(self) -> list[float]:
         times = [s.next_sync_s for s in self.hpa_state.values()]
