@@ -122,3 +122,53 @@ def test_a_controllers_wait_is_served_and_it_never_reenters_its_own_tick():
     assert sleeper.starts[:3] == [0.0, 15.0, 30.0]
     assert watcher.ticks[:14] == [float(t) for t in range(14)]  # others run during the sleep
     assert result.served.sum() == pytest.approx(counts.sum())
+
+
+def test_the_pipeline_cycle_runs_the_real_actuator_through_the_port(tmp_path):
+    """A surge the forecast sees 10 minutes ahead: the cycle plans it with the shared planning
+    function and the actuator moves the HPA's minReplicas (the service names its HPA); the
+    decision records are production's, in the artifact folder."""
+    from actuator.guards import Bounds
+    from actuator.records import read_records
+    from surgecast.offline.backtest import SERVICE
+    from surgecast.offline.controllers import PipelineCycle
+    from surgecast.settings import ServiceSettings, Settings, WorkloadSettings
+
+    counts = np.concatenate([np.full(900, 30.0), np.full(900, 100.0)])
+    clock = Clock(START.timestamp())
+    model = ClusterModel(clock, start_delay_s=30.0, resize_delay_s=2.0,
+                         nodes=[Node("node-1", 256_000)], follow_clock=False)
+    model.add_deployment(NS, SERVICE, replicas=2, cores=1, batch_env="BATCH", batch=4)
+    model.add_hpa(NS, f"{SERVICE}-hpa", SERVICE, min_replicas=2, max_replicas=20,
+                  target_utilisation=90)
+    port = SimPort(model)
+    engine = Engine(counts, TOY, model, NS, [StageBinding(SERVICE, batch_env="BATCH")],
+                    slo_ms=500.0)
+    bounds = Bounds(1, 20, 1, 8, 8)
+    svc = ServiceSettings(
+        name=SERVICE, query="x", namespace=NS, profile="toy", slo_ms=500.0, mode="active",
+        cold_start_s=30.0,
+        workloads=(WorkloadSettings(deployment=SERVICE, bounds=bounds, hpa=f"{SERVICE}-hpa",
+                                    batch_env="BATCH"),),
+    )
+    spec = Settings(source="test", services=(svc,), run_interval_s=300.0)
+
+    def truth(now):  # the true minute means from now on: a perfect forecast
+        t = int((now - START).total_seconds())
+        ahead = counts[t : t + 900]
+        ahead = np.concatenate([ahead, np.full(900 - len(ahead), counts[-1])])
+        means = ahead.reshape(15, 60).mean(axis=1)
+        return {0.95: means, 0.99: means}
+
+    cycle = PipelineCycle("oracle", engine, port, spec.actuator_config(SERVICE), TOY,
+                          svc.policy(), truth, batch=(4,), artifacts=tmp_path)
+    engine.controllers.append(cycle)
+    result = engine.run()
+    records = read_records(tmp_path, SERVICE)
+    assert len(records) == len(cycle.records) == 6  # at 1, 6, 11, ... minutes
+    assert all(r.mode == "active" and r.held is None for r in cycle.records)
+    moved = [c for r in cycle.records for c in r.changes if c.what == "hpa minReplicas"]
+    assert moved and moved[0].outcome == "applied"
+    # Ready for the surge at 15 minutes, a cold start ahead: 100 rps on pods of 23.5 rps.
+    assert result.capacity_rps[900] >= 100.0
+    assert result.violations[900:].sum() < 0.01 * counts[900:].sum()
