@@ -139,18 +139,11 @@ class PipelineCycle:
     def observe(self) -> ClusterState:
         """What runs now, read through the port as the live plan stage reads it: the
         Deployment's replicas, the typical cores of its pods, the batch of its template."""
-        replicas, cores, batch = [], [], []
-        ns = self.config.namespace
-        for i, wl in enumerate(self.config.workloads):
-            dep = self.port.deployment(ns, wl.deployment)
-            labels = dep["spec"]["selector"]["matchLabels"]
-            pods = P.live(P.owned_by(self.port.pods(ns, labels), wl.deployment))
-            template_m = P.template_millicores(dep, wl.container) or 1000
-            replicas.append(int(dep["spec"].get("replicas", 1)))
-            cores.append(max(1, P.typical_cores(pods, wl.container, template_m)))
-            value = P.template_env(dep, wl.container, wl.batch_env) if wl.batch_env else None
-            batch.append(int(value) if value and value.isdigit() else self.batch[i])
-        return ClusterState(tuple(replicas), tuple(cores), tuple(batch))
+        seen = [
+            _observe_stage(self.port, self.config, i, b).current
+            for i, b in enumerate(self.batch)
+        ]
+        return ClusterState.of(seen)
 
 
 def _last_scale_up(records: list[DecisionRecord]) -> pd.Timestamp | None:
@@ -179,12 +172,17 @@ class _Observed:
 
 
 def _observe_stage(port: SimPort, config: ServiceConfig, i: int, batch: int) -> _Observed:
+    """What runs now, read through the port as the live plan stage reads it: the Deployment's
+    replicas, the typical cores of its pods, the batch of its template (``batch`` if unset)."""
     wl = config.workloads[i]
     dep = port.deployment(config.namespace, wl.deployment)
     labels = dep["spec"]["selector"]["matchLabels"]
     pods = P.live(P.owned_by(port.pods(config.namespace, labels), wl.deployment))
     template_m = P.template_millicores(dep, wl.container) or 1000
     cores = max(1, P.typical_cores(pods, wl.container, template_m))
+    value = P.template_env(dep, wl.container, wl.batch_env) if wl.batch_env else None
+    if value and value.isdigit():
+        batch = int(value)
     current = StageConfig(int(dep["spec"].get("replicas", 1)), cores, batch)
     return _Observed(current, sum(1 for p in pods if P.is_ready(p)), pods)
 
