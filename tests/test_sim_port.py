@@ -175,3 +175,17 @@ def test_port_errors_are_classified_as_the_api_errors_they_stand_for(both):
     assert describe_error(sim_409) == describe_error(http_409)
     assert is_conflict(sim_409) and not is_conflict(sim_404)
     assert not is_retriable(sim_404) and is_retriable(PortError(503, "ServiceUnavailable", "x"))
+
+
+def test_both_ports_have_exactly_the_protocols_signatures():
+    import inspect
+
+    methods = [n for n, v in vars(ClusterPort).items() if callable(v) and not n.startswith("_")]
+    assert len(methods) == 15
+    for name in methods:
+        want = inspect.signature(getattr(ClusterPort, name))
+        for impl in (KubeApi, SimPort):
+            got = inspect.signature(getattr(impl, name))
+            assert list(got.parameters) == list(want.parameters), (impl.__name__, name)
+            kinds = [p.kind for p in got.parameters.values()]
+            assert kinds == [p.kind for p in want.parameters.values()], (impl.__name__, name)
