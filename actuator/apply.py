@@ -31,8 +31,9 @@ import urllib3
 
 from actuator import pods as P
 from actuator.guards import allowed_workload, not_expired
-from actuator.kube import KubeApi, RetryPolicy, converge, describe_error, read_with_retries
+from actuator.kube import RetryPolicy, converge, describe_error, read_with_retries
 from actuator.lease import Lease, lease_name
+from actuator.port import ClusterPort
 from actuator.records import (
     Change,
     DecisionRecord,
@@ -106,7 +107,7 @@ class _Run:
     """State shared by the steps of one run."""
 
     config: ServiceSpec
-    api: KubeApi
+    api: ClusterPort
     options: RunOptions
     record: DecisionRecord
     artifacts: Path
@@ -123,7 +124,7 @@ class _Run:
 def actuate(
     plan: Plan,
     services: Sequence[ServiceSpec],
-    api: KubeApi,
+    api: ClusterPort,
     *,
     now,
     artifacts: Path,
@@ -135,7 +136,7 @@ def actuate(
     Args:
         plan: the planner's Plan.
         services: the service configs; only a service named here is touched.
-        api: the Kubernetes API.
+        api: the cluster port (the Kubernetes API, or the backtest's model).
         now: the run's time (tz-aware timestamp or ISO string); never read from a clock here.
         artifacts: root of the artifact store; the record goes to
             ``decisions/<service>/<YYYY-MM-DD>.jsonl`` under it.
@@ -247,7 +248,7 @@ def _kill_switch(run: _Run) -> str | None:
     return kill_switch(run.api, run.config.kill_switch_ref)
 
 
-def kill_switch(api: KubeApi, ref: tuple[str, str]) -> str | None:
+def kill_switch(api: ClusterPort, ref: tuple[str, str]) -> str | None:
     """Why the operator's kill switch ConfigMap ``ref`` (namespace, name) pauses active writes,
     or None. Not found: not paused; unreadable for any other reason: paused, to be safe. The
     actuator and the bridge controller read it the same way."""
@@ -709,7 +710,7 @@ def _revert(run: _Run, wl: WorkloadSpec, pod_name: str, allocated_m: int) -> Non
 
 
 def resize_calls(
-    api: KubeApi, namespace: str, pod: str, container: str, cores: int
+    api: ClusterPort, namespace: str, pod: str, container: str, cores: int
 ) -> tuple[Callable[[], dict], Callable[[dict], dict | None], Callable[..., dict]]:
     """The (read, build, write) of one declarative in-place resize of ``pod`` to ``cores``
     (CPU requests and limits together), for :func:`actuator.kube.converge`: a fresh GET of the
@@ -851,7 +852,7 @@ def _announce(run: _Run, now) -> None:
         record.metrics = f"failed: {exc}"
 
 
-def _create_event(api: KubeApi, namespace: str, body: dict) -> str:
+def _create_event(api: ClusterPort, namespace: str, body: dict) -> str:
     from kubernetes.client.exceptions import ApiException
 
     try:

@@ -18,7 +18,7 @@ seconds, on a fast load signal:
 Two deliberate differences from the planner's DP 2:
 
 * the batch stays what the pods run: it is an application setting that changes only through
-  the pod template (``WorkloadConfig.batch_env``), never in place;
+  the pod template (``WorkloadSpec.batch_env``), never in place;
 * the SLO check is on processing latency alone. The batch-fill wait shrinks as the load rises
   and more cores do not shorten it, so including it would make the answer non-monotone in load
   (more cores at a lower load) without carrying one request more.

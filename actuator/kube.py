@@ -201,7 +201,8 @@ def read_with_retries(
 
 
 class KubeApi:
-    """Reads and patches of Deployments, their scale, pods, HPAs, and Event creation.
+    """Reads and patches of Deployments, their scale, pods, HPAs, and Event creation: the
+    production :class:`actuator.port.ClusterPort` (the backtest's is ``SimPort``, on the model).
 
     Args:
         api_client: a configured ``kubernetes.client.ApiClient``.

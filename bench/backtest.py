@@ -2,11 +2,13 @@
 
 On the bundled Twitter trace at 1 minute (spread into seeded Poisson arrivals per second), the
 7 days after the first 4 (the forecaster's training days) are simulated at 1-second resolution
-with the ResNet18 profile, a decision every 5 minutes for surgecast (hybrid forecaster, daily
-refits) and every second or sync period for the reactive policies. Each policy runs in its own
-child process, so its wall time and peak memory (max RSS) are its own; the ratios are against
-the HPA measured in the same run. "simulator alone" replays the same arrivals through a cluster
-whose shape never changes (no policy work at all).
+with the ResNet18 profile, on the in-memory cluster model: surgecast's pipeline cycle every 5
+minutes (hybrid forecaster, daily refits, the real actuator through the port; its run includes
+the ``surgecast-no-forecast`` ablation), the model's HPA at its 15 s sync, Themis every 5 s, the
+VPA every minute. Each policy runs in its own child process, so its wall time and peak memory
+(max RSS) are its own; the ratios are against the HPA measured in the same run. "simulator
+alone" replays the same arrivals through the serving engine with a shape that never changes (no
+cluster model, no controller).
 
     uv run python bench/backtest.py                  # 7 days, every policy
     uv run python bench/backtest.py --days 1 --policies hpa,surgecast
@@ -62,8 +64,13 @@ def _simulator_alone(days: float, queue) -> None:
     from actuator.guards import Bounds, within_bounds
     from planner.dp import horizontal
     from surgecast.offline.backtest import per_second_arrivals
-    from surgecast.offline.policies import Static
     from surgecast.offline.simulator import SimulationSettings, simulate
+
+    class Fixed:  # the shape never changes: the serving engine alone
+        name = "fixed"
+
+        def decide(self, view):
+            return None
 
     rps, pipeline = _load()
     start = rps.index[0] + pd.Timedelta(days=TRAIN_DAYS)
@@ -76,7 +83,7 @@ def _simulator_alone(days: float, queue) -> None:
     simulate(
         counts,
         pipeline,
-        Static(shape),
+        Fixed(),
         shape,
         SimulationSettings(750.0),
         lambda s, v, t, up: (lambda c: within_bounds(c, bounds),),

@@ -11,7 +11,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -304,3 +304,145 @@ def plan_from_forecast(
         settings,
         last_scale_up_at=last_up,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# one pipeline cycle's plan: the live plan stage and the backtest call this, nothing else
+
+
+SURGE_QUANTILE = 0.99
+"""The forecast quantile the replica count must reach by resizing in place, when the forecast
+carries it (the bundled quantiles do)."""
+
+
+def decision_steps(run_interval_s: float, cold_start_s: float, step_s: float) -> int:
+    """Forecast steps that decide anything now (a receding horizon): until the next run, plus a
+    cold start (what the next run could no longer start in time), plus one step. Later steps are
+    planned again, with a fresher forecast, by the next run."""
+    lead = float(run_interval_s) + float(cold_start_s)
+    return max(1, math.ceil(lead / float(step_s)) + 1)
+
+
+def replicas_reaching(pipeline: Pipeline, rps: float, slo_ms: float) -> int:
+    """Fewest replicas per stage that carry ``rps`` (with Poisson headroom) once resized in
+    place to the largest pods, at a batch whose service time leaves half the SLO for queueing."""
+    from planner.queueing import headroom_rps
+
+    need = headroom_rps(rps)
+    most = 1
+    for profile in pipeline.stages:
+        best = max(
+            (
+                float(profile.throughput_rps(b, profile.max_cores))
+                for b in range(1, profile.max_batch + 1)
+                if float(profile.latency_ms(b, profile.max_cores)) <= slo_ms / 2
+            ),
+            default=float(profile.throughput_rps(1, profile.max_cores)),
+        )
+        most = max(most, math.ceil(need / best))
+    return most
+
+
+def plan_cycle(
+    service: str,
+    pipeline: Pipeline,
+    state: ClusterState,
+    observed_rps: float,
+    quantiles: dict[float, np.ndarray],
+    step_s: float,
+    cutoff,
+    settings: PolicySettings,
+    *,
+    run_interval_s: float,
+    surge_quantile: float | None = SURGE_QUANTILE,
+    last_scale_up_at=None,
+) -> Plan:
+    """The plan of one pipeline run, the same in production and in the backtest.
+
+    Two choices on top of :func:`planner.policy.plan_two_stage`:
+
+    * cores for the planning quantile (``settings.quantile``), replicas for the surge quantile:
+      the replica floor is what, resized in place to the largest pods (seconds), carries the
+      surge quantile's peak, so a cold start is never on a surge's critical path, and cores are
+      paid only for the likely load;
+    * a receding horizon: only the steps that decide anything now
+      (:func:`decision_steps`) go to the planner.
+
+    Args:
+        quantiles: forecast load per quantile (probability -> steps 1..H after ``cutoff``); the
+            planning quantile must be there; without the surge quantile there is no floor.
+        run_interval_s: time to the next run (s).
+        surge_quantile: None: no surge floor.
+        Others: as :func:`planner.policy.plan_two_stage`.
+
+    Raises:
+        PlannerInputError: the planning quantile is missing, or bad planner inputs.
+    """
+    loads = _quantile(quantiles, settings.quantile)
+    if loads is None:
+        raise PlannerInputError(
+            f"the forecast has no {settings.quantile} quantile (has "
+            f"{sorted(float(q) for q in quantiles)})"
+        )
+    steps = decision_steps(run_interval_s, settings.cold_start_s, step_s)
+    surge = None if surge_quantile is None else _quantile(quantiles, surge_quantile)
+    if surge is not None and len(surge):
+        peak = float(np.max(np.asarray(surge, dtype=np.float64)[:steps]))
+        if math.isfinite(peak) and peak >= 0:
+            floor = replicas_reaching(pipeline, peak, settings.slo_ms)
+            ceiling = settings.max_replicas or 10**9
+            settings = replace(
+                settings, min_replicas=min(max(settings.min_replicas, floor), ceiling)
+            )
+    return plan_two_stage(
+        service,
+        pipeline,
+        state,
+        observed_rps,
+        np.asarray(loads, dtype=np.float64)[:steps],
+        step_s,
+        cutoff,
+        settings,
+        last_scale_up_at=last_scale_up_at,
+    )
+
+
+def _quantile(quantiles: dict, q: float):
+    for key, values in quantiles.items():
+        if math.isclose(float(key), float(q)):
+            return values
+    return None
+
+
+def reactive_floors(
+    pipeline: Pipeline,
+    policy: PolicySettings,
+    observed_rps: float,
+    window_peak_rps: float | None = None,
+) -> dict:
+    """The actuator's reactive floor per stage: the horizontal optimum for the observed load,
+    and the peak observed over the stabilisation window that a scale-in must carry. The live
+    pipeline and the backtest hand these to :func:`actuator.apply.actuate`."""
+    from actuator.target import Floor
+    from planner.queueing import load_within_headroom
+
+    decision = horizontal(
+        pipeline,
+        observed_rps,
+        policy.slo_ms,
+        min_replicas=policy.min_replicas,
+        max_replicas=policy.max_replicas,
+    )
+    floors = {}
+    for i, (profile, config) in enumerate(zip(pipeline.stages, decision.stages, strict=True)):
+
+        def capacity(cfg, profile=profile) -> float:
+            return load_within_headroom(cfg.replicas * profile.throughput_rps(cfg.batch, cfg.cores))
+
+        floors[i] = Floor(
+            observed_rps=observed_rps,
+            capacity_rps=capacity,
+            floor=config,
+            window_peak_rps=window_peak_rps,
+        )
+    return floors

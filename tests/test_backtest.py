@@ -20,8 +20,6 @@ from surgecast.offline.backtest import (
     run_backtest,
     write_results,
 )
-from surgecast.offline.policies import HPA
-from surgecast.offline.simulator import ClusterView, StageView
 
 RESNET = load_pipeline(bundled_profile("resnet18"))
 START = pd.Timestamp("2024-03-04T00:00:00Z")
@@ -80,43 +78,9 @@ def test_coarse_traces_are_spread_as_seeded_poisson_arrivals():
     assert half.counts.mean() == pytest.approx(20.0, rel=0.03)
 
 
-# -- the HPA algorithm ------------------------------------------------------------------------
-
-
-def hpa_view(now_s: int, usage: float, ready_cores: float, replicas: int, ready: int):
-    n = now_s
-    return ClusterView(
-        now_s=n,
-        arrivals=np.zeros(n),
-        usage_cores=[np.full(n, usage)],
-        ready_cores=[np.full(n, ready_cores)],
-        stages=(StageView(replicas, ready, 1, 1, 0.0, 0.0),),
-    )
-
-
-def test_hpa_scales_by_the_utilisation_ratio_within_its_limits():
-    # 4 pods at 100 % against a 70 % target: ceil(4 × 1/0.7) = 6.
-    assert HPA(cores=1, batch=1).recommend(hpa_view(30, 4.0, 4.0, 4, 4)) == 6
-    # 2.9 of 4 cores busy is 72.5 %, within the 10 % tolerance of 70 %: no change.
-    assert HPA(cores=1, batch=1).recommend(hpa_view(30, 2.9, 4.0, 4, 4)) == 4
-    # Scale-up is limited to max(4 pods, 100 %) per period: 2 busy pods against a 10 % target
-    # want 20, and get 2 + 4 = 6.
-    assert HPA(cores=1, batch=1, target=0.1).recommend(hpa_view(30, 2.0, 2.0, 2, 2)) == 6
-
-
-def test_hpa_counts_unready_pods_as_idle_when_scaling_up():
-    # 2 of 4 pods ready, both at 100 %: counted with the 2 starting ones as idle, the pods run
-    # at 50 %, below the 70 % target, so no scale-up happens while the others start.
-    assert HPA(cores=1, batch=1).recommend(hpa_view(30, 2.0, 2.0, 4, 2)) == 4
-
-
-def test_hpa_scale_down_is_stabilised_over_its_window():
-    hpa = HPA(cores=1, batch=1, stabilisation_s=300)
-    assert hpa.recommend(hpa_view(30, 8.0, 8.0, 8, 8)) == 12  # busy: up
-    # Idle right after: the highest recommendation of the last 300 s keeps the 8 pods.
-    assert hpa.recommend(hpa_view(45, 0.8, 8.0, 8, 8)) == 8
-    # Once the busy recommendation has left the window, down to what the load needs.
-    assert hpa.recommend(hpa_view(400, 0.8, 8.0, 8, 8)) == 2
+# -- the HPA ----------------------------------------------------------------------------------
+# The backtest's HPA is the cluster model's controller (its algorithm is tested in
+# tests/test_kubeapi_controllers.py, its metric in tests/test_sim_engine.py).
 
 
 # -- leak-freedom -----------------------------------------------------------------------------
@@ -145,7 +109,7 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
     assert data["trace"] == "synthetic" and data["profile"] == "resnet18"
     assert data["slo_ms"] == 750.0 and data["seconds_simulated"] == 6 * 3600
     for row in data["policies"].values():
-        assert set(row) == {
+        assert set(row) - {"notes"} == {
             "requests",
             "violations",
             "violation_rate",
@@ -167,9 +131,25 @@ def test_the_peak_provisioned_cluster_is_the_cost_ceiling_and_meets_the_slo(resu
 
 
 def test_proactive_scaling_beats_the_hpa_on_repeated_surges(result):
+    # Without the in-place bridge (none ships yet): the synthetic surges come every 3 hours,
+    # so the forecast sees them coming and the pipeline starts replicas a cold start early.
     s = {name: run.summary() for name, run in result.runs.items()}
     assert s["surgecast"]["violations"] * 10 <= s["hpa"]["violations"]
     assert s["oracle"]["violations"] <= s["hpa"]["violations"]
+
+
+def test_the_ablation_rows_stand_beside_the_headline_and_say_what_they_are(result, tmp_path):
+    js, _ = write_results(result, tmp_path)
+    rows = json.loads(js.read_text())["policies"]
+    names = list(rows)
+    at = names.index("surgecast")
+    assert names[at : at + 3] == ["surgecast", "surgecast-no-bridge", "surgecast-no-forecast"]
+    # No bridge ships yet: the no-bridge row is surgecast's own run, and says so.
+    assert rows["surgecast-no-bridge"]["violations"] == rows["surgecast"]["violations"]
+    assert "no bridge controller" in rows["surgecast-no-bridge"]["notes"]
+    assert "no bridge controller" in rows["surgecast-no-forecast"]["notes"]
+    # Without the forecast it is the HPA above the spec's floor: a different run.
+    assert rows["surgecast-no-forecast"]["core_hours"] != rows["surgecast"]["core_hours"]
 
 
 def test_backtests_are_deterministic_for_a_seed(result):
@@ -245,7 +225,9 @@ def test_cli_backtest_writes_the_report_and_prints_the_table(tmp_path):
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     data = json.loads((out / "results.json").read_text())
-    assert set(data["policies"]) == {"hpa", "surgecast", "static-peak"}
+    assert set(data["policies"]) == {
+        "hpa", "surgecast", "surgecast-no-bridge", "surgecast-no-forecast", "static-peak"
+    }
     assert (out / "report.html").exists() and "surgecast" in done.output
     bad = CliRunner().invoke(app, [*args[:-2], "--out", str(out), "--slo-ms", "-5"])
     assert bad.exit_code == 2

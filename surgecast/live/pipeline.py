@@ -474,8 +474,7 @@ def plan(
         URI of the plan artifact (``Plan.to_dict`` plus the state it started from), or the
         upstream/own error (``corrupt`` when the forecast artifact cannot be read).
     """
-    from planner.policy import plan_two_stage
-    from surgecast.planning import load_profile
+    from surgecast.planning import load_profile, plan_cycle
 
     svc = settings.service(service)
     now = as_now(now)
@@ -516,15 +515,18 @@ def plan(
             policy = svc.policy()
             state, source = current_state(settings, svc, pipeline, observed, api=api)
             last_up = last_scale_up(store, svc, now, skipped=doc["skipped"])
-            result = plan_two_stage(
+            # The one planning function the backtest runs too: cores for the planning
+            # quantile, replicas for the surge quantile, a receding horizon.
+            result = plan_cycle(
                 svc.name,
                 pipeline,
                 state,
                 observed,
-                loads,
+                _plan_quantiles(fc["quantiles"], q, loads),
                 step_s,
                 cutoff,
                 policy,
+                run_interval_s=settings.run_interval_s,
                 last_scale_up_at=last_up,
             )
             doc.update(
@@ -544,6 +546,21 @@ def plan(
         except BadInputError as exc:
             doc["error"] = _error("plan", "planner", str(exc))
     return store.write_json("plans", svc.name, now, doc)
+
+
+def _plan_quantiles(stored: dict, plan_q: float, loads: np.ndarray) -> dict[float, np.ndarray]:
+    """The planning quantile's loads, and the surge quantile's when the forecast carries it as
+    a finite series of the same length (else the plan has no surge floor)."""
+    from surgecast.planning import SURGE_QUANTILE
+
+    out = {float(plan_q): loads}
+    try:
+        surge = np.asarray(stored[str(SURGE_QUANTILE)], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        return out
+    if surge.shape == loads.shape and np.all(np.isfinite(surge)) and np.all(surge >= 0):
+        out[SURGE_QUANTILE] = surge
+    return out
 
 
 class StageFailed(RuntimeError):
@@ -823,33 +840,11 @@ def _actuate(settings, svc, plan_doc, now, record, *, api, options) -> None:
 def reactive_floors(
     pipeline, svc: ServiceSettings, observed_rps: float, window_peak_rps: float | None = None
 ) -> dict:
-    """The actuator's reactive floor per stage: the horizontal optimum for the observed load,
-    and the peak observed over the stabilisation window that a scale-in must carry."""
-    from actuator.target import Floor
-    from planner.dp import horizontal
-    from planner.queueing import load_within_headroom
+    """The actuator's reactive floor per stage (:func:`surgecast.planning.reactive_floors`,
+    which the backtest calls too)."""
+    from surgecast.planning import reactive_floors as floors_for
 
-    policy = svc.policy()
-    decision = horizontal(
-        pipeline,
-        observed_rps,
-        policy.slo_ms,
-        min_replicas=policy.min_replicas,
-        max_replicas=policy.max_replicas,
-    )
-    floors = {}
-    for i, (profile, config) in enumerate(zip(pipeline.stages, decision.stages, strict=True)):
-
-        def capacity(cfg, profile=profile) -> float:
-            return load_within_headroom(cfg.replicas * profile.throughput_rps(cfg.batch, cfg.cores))
-
-        floors[i] = Floor(
-            observed_rps=observed_rps,
-            capacity_rps=capacity,
-            floor=config,
-            window_peak_rps=window_peak_rps,
-        )
-    return floors
+    return floors_for(pipeline, svc.policy(), observed_rps, window_peak_rps)
 
 
 def current_state(

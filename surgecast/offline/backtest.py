@@ -1,10 +1,20 @@
-"""The backtest harness: a real trace replayed through the policies against the simulator.
+"""The backtest harness: a real trace replayed through the controllers that ship, against the
+cluster model.
 
-A backtest turns a trace into per-second arrivals, simulates every policy on the same arrivals,
-profile and settings, and summarises each run (DESIGN.md section 5). surgecast runs the same
-forecasting and planning code as production: a model fitted on the days before the simulated
-span and refitted on a cadence with data before each refit only, a forecast every ``every_s``
-from the minute means observed so far, and the planner's proactive two-stage policy.
+A backtest turns a trace into per-second arrivals and, for every policy, serves them on a fresh
+cluster model (:mod:`surgecast.offline.cluster`) whose Deployments, pods, scheduler, kubelet and
+HPA controller move on the simulation clock, with the policy's controllers acting through the
+cluster port (:mod:`surgecast.offline.engine`). surgecast is the production run: a forecast every
+``every_s`` from the minute means observed so far (a model fitted on the days before the span,
+refitted on a cadence with data before each refit only), the one planning function
+(:func:`surgecast.planning.plan_cycle`) and the real :func:`actuator.apply.actuate`, above which
+the model's HPA runs on the pod shape the plan set. The baselines run on the same model: the
+Kubernetes HPA (the model's controller at 70 %) and static peak provisioning.
+
+Ablations in every run: ``surgecast-no-bridge`` (the pipeline and the HPA without the in-place
+bridge controller) and ``surgecast-no-forecast`` (the HPA above the spec's floor, plus the bridge).
+The bridge controller is a hook (``bridge``); without one, ``surgecast`` *is*
+``surgecast-no-bridge``, and the rows say so.
 """
 
 from __future__ import annotations
@@ -12,34 +22,53 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from actuator.guards import Bounds, hold_scale_in, within_bounds
+from actuator.guards import Bounds, within_bounds
+from actuator.spec import ServiceSpec, WorkloadSpec
 from forecasting.cleaning import fill_gaps
 from forecasting.errors import BadInputError
 from forecasting.models import CeemdanHybrid
 from planner.dp import StageConfig, horizontal
-from planner.policy import PolicySettings
 from planner.profiles import Pipeline
-from surgecast.offline.policies import HPA, VPA, Proactive, Static, ThemisReactive
+from surgecast.offline.cluster import Clock, ClusterModel, Node
+from surgecast.offline.controllers import PipelineCycle, ThemisController, VpaController
+from surgecast.offline.engine import Controller, Engine, StageBinding
+from surgecast.offline.port import SimPort
 from surgecast.offline.simulator import (
     SimulationResult,
-    SimulationSettings,
-    StageView,
     per_minute,
-    simulate,
 )
+from surgecast.settings import ForecastSettings, ServiceSettings, Settings
 
 QUANTILE_LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
 """The forecast quantiles every forecaster answers (the Forecast contract's)."""
 
-POLICIES: tuple[str, ...] = ("hpa", "vpa", "themis", "surgecast", "oracle", "static-peak")
+POLICIES: tuple[str, ...] = (
+    "hpa",
+    "vpa",
+    "themis",
+    "surgecast",
+    "surgecast-no-bridge",
+    "surgecast-no-forecast",
+    "oracle",
+    "static-peak",
+)
 """Every policy a backtest can run, in report order."""
+
+ABLATIONS: tuple[str, ...] = ("surgecast-no-bridge", "surgecast-no-forecast")
+"""Rows every run that includes surgecast carries beside it."""
+
+NAMESPACE = "inference"
+SERVICE = "backtest"
+BATCH_ENV = "BATCH_SIZE"
+HPA_TARGET = 0.7
+"""The Kubernetes HPA baseline's CPU target (the common 70 %)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +177,7 @@ class BacktestResult:
     filled_seconds: int = 0
     seconds: float = 0.0
     bounds: dict = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         settings = {
@@ -166,7 +196,11 @@ class BacktestResult:
             "bounds": self.bounds,
             "settings": settings,
             "wall_seconds": round(self.seconds, 1),
-            "policies": {name: run.summary() for name, run in self.runs.items()},
+            "policies": {
+                name: {**run.summary(), **({"notes": self.notes[name]} if name in self.notes
+                                           else {})}
+                for name, run in self.runs.items()
+            },
         }
 
 
@@ -269,6 +303,11 @@ def default_bounds(pipeline: Pipeline, counts: np.ndarray, slo_ms: float) -> Bou
     return Bounds(1, max(2 * replicas + 4, 8), 1, max_cores, max_batch)
 
 
+BridgeFactory = Callable[["Engine", SimPort, ServiceSpec], Controller]
+"""Builds the in-place bridge controller of one run (engine, port, the service's actuator
+config); the backtest appends it to the controllers of the policies that ship with it."""
+
+
 def run_backtest(
     rps: pd.Series,
     pipeline: Pipeline,
@@ -277,6 +316,7 @@ def run_backtest(
     trace_name: str,
     profile_name: str,
     progress: Callable[[str, int, int], None] | None = None,
+    bridge: BridgeFactory | None = None,
 ) -> BacktestResult:
     """Simulate every policy of ``settings`` on ``rps``.
 
@@ -286,6 +326,8 @@ def run_backtest(
         settings: see ``BacktestSettings``.
         trace_name, profile_name: for the report.
         progress: called with (policy, seconds done, seconds total).
+        bridge: the in-place bridge controller (None: none ships yet; ``surgecast`` is then
+            ``surgecast-no-bridge``).
 
     Raises:
         BadInputError: a span outside the trace, or too little history before it.
@@ -296,10 +338,14 @@ def run_backtest(
         raise BadInputError(
             f"--policies: unknown {', '.join(unknown)}; choose from {', '.join(POLICIES)}"
         )
+    policies = list(dict.fromkeys(settings.policies))
+    if "surgecast" in policies:  # the ablations go beside the headline in every run
+        at = policies.index("surgecast") + 1
+        policies[at:at] = [a for a in ABLATIONS if a not in policies]
     first, last = rps.index[0], rps.index[-1] + (rps.index[1] - rps.index[0])
     start = settings.start or first + pd.Timedelta(days=settings.train_days)
     end = settings.end or last
-    needs_history = {"surgecast"} & set(settings.policies)
+    needs_history = {"surgecast", "surgecast-no-bridge"} & set(policies)
     if start < first or end > last or end <= start:
         raise BadInputError(
             f"{trace_name}: span {start.isoformat()} .. {end.isoformat()} is not inside the trace "
@@ -329,7 +375,6 @@ def run_backtest(
         settings.max_cores or bounds.max_cores,
         bounds.max_batch,
     )
-    sim = SimulationSettings(settings.slo_ms, settings.cold_start_s, settings.resize_s)
     first_minute = float(counts[:60].mean())
     warm = list(
         horizontal(pipeline, first_minute, settings.slo_ms, max_replicas=bounds.max_replicas).stages
@@ -340,53 +385,30 @@ def run_backtest(
         settings.slo_ms,
         max_replicas=bounds.max_replicas,
     ).stages[0]
-    n_stages = len(pipeline.stages)
-
-    def capacity(stage: int, config: StageConfig) -> float:
-        profile = pipeline.stages[stage]
-        return config.replicas * float(profile.throughput_rps(config.batch, config.cores))
-
-    def guards(stage: int, view: StageView, now_s: int, last_up: int | None):
-        return (
-            partial(within_bounds, bounds=bounds),
-            partial(
-                hold_scale_in,
-                current=view.config,
-                now_s=now_s,
-                last_scale_up_s=last_up,
-                window_s=settings.stabilisation_s,
-                capacity_rps=partial(capacity, stage),
-                resize_window_s=settings.resize_stabilisation_s,
-            ),
-        )
+    ctx = _Context(
+        pipeline, settings, bounds, counts, history, start, warm, median_shape, bridge
+    )
+    if set(policies) - {"hpa", "static-peak"}:
+        service_spec(ctx, hpa=True)  # refuse settings the service spec refuses, before any run
 
     forecasts: list[tuple[pd.Timestamp, np.ndarray]] = []
     runs: dict[str, SimulationResult] = {}
-    for name in settings.policies:
-        policy, initial = _make_policy(
-            name,
-            pipeline,
-            settings,
-            bounds,
-            counts,
-            history,
-            start,
-            warm,
-            median_shape,
-            n_stages,
-            forecasts,
-        )
-        initial = [within_bounds(shape, bounds).config for shape in initial]
+    notes: dict[str, str] = {}
+    for name in policies:
         report = None if progress is None else partial(progress, name, total=n_sec)
-        runs[name] = simulate(
-            counts,
-            pipeline,
-            policy,
-            initial,
-            sim,
-            guards,
-            progress=None if report is None else (lambda done, r=report: r(done)),
-        )
+        tick = None if report is None else (lambda done, r=report: r(done))
+        if name == "surgecast-no-bridge" and bridge is None and "surgecast" in runs:
+            runs[name] = replace(runs["surgecast"], policy=name)
+            notes[name] = (
+                "no bridge controller ships yet: surgecast runs without one, so this row is "
+                "surgecast's run (not simulated twice)"
+            )
+        else:
+            runs[name], note = _run_on_model(name, ctx, forecasts, tick)
+            if name == "surgecast" and bridge is None:
+                note = "the pipeline and the HPA above the plan; no in-place bridge ships yet"
+            if note:
+                notes[name] = note
         if progress is not None:
             progress(name, n_sec, total=n_sec)
     return BacktestResult(
@@ -399,86 +421,213 @@ def run_backtest(
         filled_seconds=arrivals.filled_seconds,
         seconds=time.perf_counter() - started,
         bounds=asdict(bounds),
+        notes=notes,
     )
 
 
-def _make_policy(
-    name: str,
-    pipeline: Pipeline,
-    settings: BacktestSettings,
-    bounds: Bounds,
-    counts: np.ndarray,
-    history: pd.Series,
-    start: pd.Timestamp,
-    warm: Sequence[StageConfig],
-    median_shape: StageConfig,
-    n_stages: int,
-    forecasts: list,
-):
-    def hpa(target: float = 0.7) -> HPA:
-        return HPA(
-            median_shape.cores,
-            median_shape.batch,
-            min_replicas=1,
-            max_replicas=bounds.max_replicas,
-            n_stages=n_stages,
-            target=target,
-            stabilisation_s=settings.stabilisation_s,
-        )
+@dataclass(frozen=True)
+class _Context:
+    """What every policy's run shares."""
 
+    pipeline: Pipeline
+    settings: BacktestSettings
+    bounds: Bounds
+    counts: np.ndarray
+    history: pd.Series
+    start: pd.Timestamp
+    warm: list[StageConfig]
+    median_shape: StageConfig
+    bridge: BridgeFactory | None
+
+
+def deployment_names(pipeline: Pipeline) -> list[str]:
+    """One Deployment per stage: ``backtest`` for one stage, ``backtest-<i>`` for more."""
+    if len(pipeline.stages) == 1:
+        return [SERVICE]
+    return [f"{SERVICE}-{i}" for i in range(len(pipeline.stages))]
+
+
+def service_spec(ctx: _Context, *, hpa: bool) -> Settings:
+    """The backtest's service, constructed as a config file would give it: active, the
+    backtest's SLO, delays, stabilisation, bounds and planning quantile, run every
+    ``every_s``; with ``hpa`` its Deployments name their HPA (the actuator then moves its
+    ``minReplicas``)."""
+    try:
+        return _service_spec(ctx, hpa=hpa)
+    except (ValueError, TypeError) as exc:  # the spec's own field errors, one line each
+        raise BadInputError(f"the backtest's service spec: {exc}") from None
+
+
+def _service_spec(ctx: _Context, *, hpa: bool) -> Settings:
+    s = ctx.settings
+    names = deployment_names(ctx.pipeline)
+    stages = ctx.pipeline.stage_names if len(names) > 1 else [None]
+    workloads = tuple(
+        WorkloadSpec(
+            deployment=name,
+            stage=stage,
+            bounds=ctx.bounds,
+            hpa=f"{name}-hpa" if hpa else None,
+            batch_env=BATCH_ENV,
+        )
+        for name, stage in zip(names, stages, strict=True)
+    )
+    service = ServiceSettings(
+        name=SERVICE,
+        query="backtest",
+        namespace=NAMESPACE,
+        workloads=workloads,
+        profile=ctx.pipeline.name,
+        slo_ms=float(s.slo_ms),
+        mode="active",
+        cold_start_s=float(s.cold_start_s),
+        resize_s=float(s.resize_s),
+        stabilisation_s=float(s.stabilisation_s),
+        run_interval_s=float(s.every_s),
+        forecast=ForecastSettings(
+            plan_quantile=s.quantile, horizon_steps=s.horizon_steps, model=s.model
+        ),
+    )
+    return Settings(source="backtest", services=(service,), run_interval_s=float(s.every_s))
+
+
+def _model(ctx: _Context, shapes: Sequence[StageConfig]) -> tuple[ClusterModel, SimPort]:
+    """A fresh cluster with the stages' Deployments at ``shapes``, Ready, at the span's start;
+    one node large enough that placement never binds (the policies are compared on load)."""
+    s = ctx.settings
+    clock = Clock(ctx.start.timestamp())
+    room_m = 1000 * 2 * len(shapes) * ctx.bounds.max_replicas * ctx.bounds.max_cores + 64_000
+    model = ClusterModel(
+        clock,
+        start_delay_s=float(s.cold_start_s),
+        resize_delay_s=float(s.resize_s),
+        nodes=[Node("node-1", room_m)],
+        seed=s.seed,
+        follow_clock=False,
+    )
+    for name, shape in zip(deployment_names(ctx.pipeline), shapes, strict=True):
+        model.add_deployment(
+            NAMESPACE,
+            name,
+            replicas=shape.replicas,
+            cores=shape.cores,
+            batch_env=BATCH_ENV,
+            batch=shape.batch,
+        )
+    return model, SimPort(model)
+
+
+def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:
+    """One policy on the cluster model: (result, note)."""
+    s, pipeline, bounds = ctx.settings, ctx.pipeline, ctx.bounds
+    names = deployment_names(pipeline)
+    n_stages = len(pipeline.stages)
+    note = ""
     if name == "hpa":
-        policy = hpa()
-        first = float(counts[:60].mean())
-        per_pod = float(pipeline.stages[0].throughput_rps(median_shape.batch, median_shape.cores))
-        replicas = max(1, math.ceil(first / (0.7 * per_pod)))
-        return policy, [StageConfig(replicas, median_shape.cores, median_shape.batch)] * n_stages
-    if name == "vpa":
-        peak = _peak_rps(counts)
-        top = horizontal(pipeline, peak, settings.slo_ms, max_replicas=bounds.max_replicas).stages[
-            0
-        ]
-        # Enough replicas to carry the peak at the largest pods: vertical scaling can then cover it.
+        per_pod = float(
+            pipeline.stages[0].throughput_rps(ctx.median_shape.batch, ctx.median_shape.cores)
+        )
+        replicas = max(1, math.ceil(float(ctx.counts[:60].mean()) / (HPA_TARGET * per_pod)))
+        shapes = [StageConfig(replicas, ctx.median_shape.cores, ctx.median_shape.batch)] * n_stages
+    elif name == "static-peak":
+        shapes = list(
+            horizontal(
+                pipeline, _peak_rps(ctx.counts), s.slo_ms, max_replicas=bounds.max_replicas
+            ).stages
+        )
+    elif name == "vpa":
+        peak = _peak_rps(ctx.counts)
+        top = horizontal(pipeline, peak, s.slo_ms, max_replicas=bounds.max_replicas).stages[0]
+        # Enough replicas to carry the peak at the largest pods: vertical scaling can cover it.
         per_pod = float(pipeline.stages[0].throughput_rps(top.batch, bounds.max_cores))
         replicas = max(1, math.ceil((peak + math.sqrt(peak)) / per_pod))
-        policy = VPA(replicas, top.batch, bounds.max_cores, n_stages=n_stages)
-        return policy, [StageConfig(replicas, w.cores, top.batch) for w in warm]
-    if name == "themis":
-        return ThemisReactive(pipeline, settings.slo_ms, bounds.max_replicas), list(warm)
-    if name in ("surgecast", "oracle"):
-        planner_settings = PolicySettings(
-            slo_ms=settings.slo_ms,
-            cold_start_s=float(settings.cold_start_s),
-            resize_s=float(settings.resize_s),
-            stabilisation_s=float(settings.stabilisation_s),
-            resize_stabilisation_s=float(settings.resize_stabilisation_s),
-            min_replicas=bounds.min_replicas,
-            max_replicas=bounds.max_replicas,
-            quantile=settings.quantile,
-        )
-        if name == "surgecast":
-            forecaster = ModelForecaster(
-                history, start, settings, on_forecast=lambda t, q: forecasts.append((t, q))
+        shapes = [StageConfig(replicas, w.cores, top.batch) for w in ctx.warm]
+    else:
+        # An in-place resize changes CPU, not the server's batch (the actuator writes a batch
+        # only into the template, and only with rewrite_template): the pods run at the batch
+        # an operator would configure, the one the horizontal DP picks for the span's peak.
+        top = horizontal(
+            pipeline, _peak_rps(ctx.counts), s.slo_ms, max_replicas=bounds.max_replicas
+        ).stages
+        shapes = [StageConfig(w.replicas, w.cores, t.batch) for w, t in zip(ctx.warm, top,
+                                                                              strict=True)]
+    shapes = [within_bounds(shape, bounds).config for shape in shapes]
+    model, port = _model(ctx, shapes)
+    engine = Engine(
+        ctx.counts,
+        pipeline,
+        model,
+        NAMESPACE,
+        [StageBinding(n, batch=sh.batch, batch_env=BATCH_ENV) for n, sh in zip(names, shapes,
+                                                                                strict=True)],
+        slo_ms=s.slo_ms,
+        progress=progress,
+    )
+    if name == "hpa":
+        for dep in names:
+            model.add_hpa(NAMESPACE, f"{dep}-hpa", dep, min_replicas=1,
+                          max_replicas=bounds.max_replicas,
+                          target_utilisation=round(100 * HPA_TARGET))
+    elif name in ("themis", "vpa"):
+        spec = service_spec(ctx, hpa=False)
+        config = spec.actuator_config(SERVICE)
+        batch = tuple(sh.batch for sh in shapes)
+        if name == "themis":
+            controller = ThemisController(
+                engine, port, config, pipeline, spec.service(SERVICE).policy(), batch
             )
         else:
-            forecaster = OracleForecaster(counts, settings.horizon_steps)
-        policy = Proactive(
-            name,
-            pipeline,
-            forecaster,
-            step_s=60,
-            every_s=settings.every_s,
-            start=start,
-            settings=planner_settings,
-            hpa=hpa(settings.hpa_target_above_plan),
-            surge_quantile=settings.surge_quantile,
-        )
-        return policy, list(warm)
-    if name == "static-peak":
-        shapes = horizontal(
-            pipeline, _peak_rps(counts), settings.slo_ms, max_replicas=bounds.max_replicas
-        ).stages
-        return Static(shapes), list(shapes)
-    raise BadInputError(f"--policies: unknown {name}")
+            controller = VpaController(engine, port, config, batch)
+        engine.controllers.append(controller)
+    elif name != "static-peak":
+        spec = service_spec(ctx, hpa=True)
+        config = spec.actuator_config(SERVICE)
+        no_forecast = name == "surgecast-no-forecast"
+        for dep, shape in zip(names, shapes, strict=True):
+            # Without the pipeline, the HPA stays at the spec's floor; with it, it starts at
+            # the warm shape and the actuator moves its minReplicas.
+            low = bounds.min_replicas if no_forecast else max(1, shape.replicas)
+            model.add_hpa(NAMESPACE, f"{dep}-hpa", dep, min_replicas=low,
+                          max_replicas=bounds.max_replicas,
+                          target_utilisation=round(100 * s.hpa_target_above_plan))
+        if no_forecast:
+            note = "the HPA above the spec's floor" + (
+                " and the bridge" if ctx.bridge is not None
+                else "; no bridge controller ships yet"
+            )
+        else:
+            svc = spec.service(SERVICE)
+            if name == "oracle":
+                oracle = OracleForecaster(ctx.counts, s.horizon_steps)
+                forecaster = _at(oracle, ctx.start)
+            else:
+                model_fc = ModelForecaster(
+                    ctx.history, ctx.start, s, on_forecast=lambda t, q: forecasts.append((t, q))
+                )
+                forecaster = _at(model_fc, ctx.start)
+            engine.controllers.append(
+                PipelineCycle(
+                    name,
+                    engine,
+                    port,
+                    config,
+                    pipeline,
+                    svc.policy(),
+                    forecaster,
+                    batch=tuple(sh.batch for sh in shapes),
+                    surge_quantile=s.surge_quantile,
+                )
+            )
+        if ctx.bridge is not None and name != "surgecast-no-bridge":
+            engine.controllers.append(ctx.bridge(engine, port, config))
+    result = engine.run()
+    result.policy = name
+    return result, note
+
+
+def _at(forecaster, start: pd.Timestamp):
+    """A forecaster of seconds since the span's start, called with timestamps."""
+    return lambda now: forecaster(int((now - start).total_seconds()))
 
 
 def write_results(result: BacktestResult, out: Path) -> tuple[Path, Path]:

@@ -24,6 +24,8 @@ _COLOURS = {
     "vpa": "#9467bd",
     "themis": "#ff7f0e",
     "surgecast": "#1f77b4",
+    "surgecast-no-bridge": "#17becf",
+    "surgecast-no-forecast": "#bcbd22",
     "oracle": "#2ca02c",
     "static-peak": "#7f7f7f",
 }
@@ -115,7 +117,7 @@ def _summary_table(result: BacktestResult) -> str:
         "actions",
         "mean_utilisation",
     )
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("policy", *cols))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("policy", *cols, "notes"))
     rows = []
     for name, run in result.runs.items():
         s = run.summary()
@@ -127,11 +129,15 @@ def _summary_table(result: BacktestResult) -> str:
             f"{s['core_hours']:.1f}",
             f"{s['actions']:,}",
             f"{100 * s['mean_utilisation']:.1f} %",
+            html.escape(result.notes.get(name, "")),
         ]
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-        )
+        # The ablations sit right under the headline row, indented, so they read beside it.
+        label = f"&nbsp;&nbsp;↳ {html.escape(name)}" if name in _ABLATIONS else html.escape(name)
+        rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+_ABLATIONS = ("surgecast-no-bridge", "surgecast-no-forecast")
 
 
 def verdict(result: BacktestResult) -> str:
@@ -159,7 +165,17 @@ def verdict(result: BacktestResult) -> str:
             f"against {other}: {a:,} vs {b:,} requests over the SLO ({compare}), "
             f"{cost:.2f}× its core-hours"
         )
-    return "surgecast " + "; ".join(parts) + "."
+    text = "surgecast " + "; ".join(parts) + "."
+    ablations = [
+        f"{name}: {s[name]['violations']:,} requests over the SLO, "
+        f"{s[name]['core_hours']:.1f} core-hours"
+        for name in _ABLATIONS
+        if name in s
+    ]
+    if ablations:
+        text += f" Ablations (surgecast: {ours['violations']:,}, {ours['core_hours']:.1f}): "
+        text += "; ".join(ablations) + "."
+    return text
 
 
 def render_backtest_html(result: BacktestResult) -> str:

@@ -358,6 +358,95 @@ def _throughput(profile: LatencyProfile, batch: int, cores: int) -> float:
     return value
 
 
+class Serving:
+    """The per-second serving engine: fluid FIFO backlogs along the pipeline, served up to the
+    capacity of the ready replicas, and the series a :class:`SimulationResult` is made of.
+
+    The capacity comes from a source with, per stage, ``_capacity`` (rps of the ready
+    replicas), ``_ready`` (ready replicas), ``_ready_cores``, ``_shape_ready`` ((batch, cores)
+    of the slowest ready replica) and ``_cost`` (cores paid for, all stages): the shape-driven
+    :class:`Cluster` of the validation tests, or the cluster model the backtest runs the
+    controllers against (:mod:`surgecast.offline.engine`). Either way the same code serves.
+    """
+
+    def __init__(self, arrivals: np.ndarray, pipeline: Pipeline) -> None:
+        self.arrivals = np.asarray(arrivals, dtype=np.float64)
+        n_sec = len(self.arrivals)
+        n_stages = len(pipeline.stages)
+        self.pipeline = pipeline
+        self.backlog = [0.0] * n_stages
+        self.capacity_min = np.zeros(n_sec)
+        self.served_last = np.zeros(n_sec)
+        self.cost = np.zeros(n_sec)
+        self.ready_cores_total = np.zeros(n_sec)
+        self.usage = [np.zeros(n_sec) for _ in range(n_stages)]
+        self.ready_cores = [np.zeros(n_sec) for _ in range(n_stages)]
+        self.service = np.zeros(n_sec)
+        # Per second, the ready replicas and the (slowest) shape of each stage, for the
+        # within-second queue: an index into ``shapes``.
+        self.shapes: dict[tuple[tuple[int, int, int], ...], int] = {}
+        self.shape_index = np.zeros(n_sec, dtype=np.int64)
+        self.replicas = np.zeros(n_sec, dtype=np.int32)
+        self.cores = np.zeros(n_sec, dtype=np.int32)
+
+    def serve(self, t: int, source, replicas: int, cores: int) -> None:
+        """Serve second ``t`` with the capacity ``source`` has now; ``replicas`` and
+        ``cores`` are the first stage's scheduled replicas and cores per replica (reported)."""
+        inflow = self.arrivals[t]
+        service_ms = 0.0
+        bottleneck = math.inf
+        backlog = self.backlog
+        for s, profile in enumerate(self.pipeline.stages):
+            cap = source._capacity[s]
+            available = backlog[s] + inflow
+            done = available if available < cap else cap
+            backlog[s] = available - done
+            inflow = done
+            ready = source._ready[s]
+            rc = source._ready_cores[s]
+            self.ready_cores[s][t] = rc
+            self.usage[s][t] = rc * (done / cap) if cap > 0 else 0.0
+            per_replica_rps = done / ready if ready else 0.0
+            batch, cores_now = source._shape_ready[s]
+            service_ms += _service_ms(profile, batch, cores_now, per_replica_rps)
+            bottleneck = min(bottleneck, cap)
+        self.served_last[t] = inflow
+        self.capacity_min[t] = bottleneck
+        key = tuple(
+            (source._ready[s], source._shape_ready[s][1], source._shape_ready[s][0])
+            for s in range(len(self.pipeline.stages))
+        )
+        self.shape_index[t] = self.shapes.setdefault(key, len(self.shapes))
+        self.cost[t] = source._cost
+        self.ready_cores_total[t] = sum(source._ready_cores)
+        self.service[t] = service_ms
+        self.replicas[t] = replicas
+        self.cores[t] = cores
+
+    def result(
+        self, policy: str, slo_ms: float, actions: int, notes: list[tuple[int, str]]
+    ) -> SimulationResult:
+        """The totals: requests over the SLO from the fluid waits and the within-second tail."""
+        tails = _tail_tables(self.arrivals, self.pipeline, self.shapes, self.shape_index, slo_ms)
+        violations = count_violations(
+            self.arrivals, self.served_last, self.service, slo_ms, tails=tails
+        )
+        return SimulationResult(
+            policy=policy,
+            arrivals=self.arrivals,
+            capacity_rps=self.capacity_min,
+            served=self.served_last,
+            cost_cores=self.cost,
+            ready_cores=self.ready_cores_total,
+            replicas=self.replicas,
+            cores=self.cores,
+            violations=violations,
+            service_ms=self.service,
+            actions=actions,
+            guard_notes=notes,
+        )
+
+
 def simulate(
     arrivals: np.ndarray,
     pipeline: Pipeline,
@@ -368,7 +457,10 @@ def simulate(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> SimulationResult:
-    """Replay per-second ``arrivals`` through the cluster driven by ``policy``.
+    """Replay per-second ``arrivals`` through the shape-driven cluster: the validation
+    harness of the serving engine (scripted shapes against a request-level simulation).
+    Backtests run controllers against the cluster model instead
+    (:class:`surgecast.offline.engine.Engine`).
 
     Args:
         arrivals: requests arriving in each second (non-negative counts), the simulated span.
@@ -386,31 +478,18 @@ def simulate(
     n_sec = len(arrivals)
     n_stages = len(pipeline.stages)
     cluster = Cluster(pipeline, initial, settings)
-    backlog = [0.0] * n_stages
-    capacity_min = np.zeros(n_sec)
-    served_last = np.zeros(n_sec)
-    cost = np.zeros(n_sec)
-    ready_cores_total = np.zeros(n_sec)
-    usage = [np.zeros(n_sec) for _ in range(n_stages)]
-    ready_cores = [np.zeros(n_sec) for _ in range(n_stages)]
-    service = np.zeros(n_sec)
-    # Per second, the ready replicas and the (slowest) shape of each stage, for the
-    # within-second queue: an index into ``shapes``.
-    shapes: dict[tuple[tuple[int, int, int], ...], int] = {}
-    shape_index = np.zeros(n_sec, dtype=np.int64)
-    replicas = np.zeros(n_sec, dtype=np.int32)
-    cores = np.zeros(n_sec, dtype=np.int32)
+    serving = Serving(arrivals, pipeline)
     notes: list[tuple[int, str]] = []
     actions = 0
     last_up: list[int | None] = [None] * n_stages
     read_only = arrivals.view()
     read_only.flags.writeable = False
-    view = ClusterView(0, read_only, usage, ready_cores, ())
+    view = ClusterView(0, read_only, serving.usage, serving.ready_cores, ())
     profile_of = pipeline.stages
     for t in range(n_sec):
         cluster.refresh(t)
         view.now_s = t
-        view.stages = cluster.view(backlog)
+        view.stages = cluster.view(serving.backlog)
         wanted = policy.decide(view)
         if wanted is not None:
             for s, target in enumerate(wanted):
@@ -422,53 +501,10 @@ def simulate(
                     if _capacity_of(profile_of[s], allowed) > _capacity_of(profile_of[s], before):
                         last_up[s] = t
             cluster.refresh(t)
-        inflow = arrivals[t]
-        service_ms = 0.0
-        bottleneck = math.inf
-        for s in range(n_stages):
-            cap = cluster._capacity[s]
-            available = backlog[s] + inflow
-            done = available if available < cap else cap
-            backlog[s] = available - done
-            inflow = done
-            ready = cluster._ready[s]
-            rc = cluster._ready_cores[s]
-            ready_cores[s][t] = rc
-            usage[s][t] = rc * (done / cap) if cap > 0 else 0.0
-            per_replica_rps = done / ready if ready else 0.0
-            batch, cores_now = cluster._shape_ready[s]
-            service_ms += _service_ms(profile_of[s], batch, cores_now, per_replica_rps)
-            bottleneck = min(bottleneck, cap)
-        served_last[t] = inflow
-        capacity_min[t] = bottleneck
-        key = tuple(
-            (cluster._ready[s], cluster._shape_ready[s][1], cluster._shape_ready[s][0])
-            for s in range(n_stages)
-        )
-        shape_index[t] = shapes.setdefault(key, len(shapes))
-        cost[t] = cluster._cost
-        ready_cores_total[t] = sum(cluster._ready_cores)
-        service[t] = service_ms
-        replicas[t] = len(cluster.replicas[0])
-        cores[t] = cluster.shape[0].cores
+        serving.serve(t, cluster, len(cluster.replicas[0]), cluster.shape[0].cores)
         if progress is not None and (t + 1) % 3600 == 0:
             progress(t + 1)
-    tails = _tail_tables(arrivals, pipeline, shapes, shape_index, settings.slo_ms)
-    violations = count_violations(arrivals, served_last, service, settings.slo_ms, tails=tails)
-    return SimulationResult(
-        policy=policy.name,
-        arrivals=arrivals,
-        capacity_rps=capacity_min,
-        served=served_last,
-        cost_cores=cost,
-        ready_cores=ready_cores_total,
-        replicas=replicas,
-        cores=cores,
-        violations=violations,
-        service_ms=service,
-        actions=actions,
-        guard_notes=notes,
-    )
+    return serving.result(policy.name, settings.slo_ms, actions, notes)
 
 
 _SERVICE_CACHE: dict[tuple[int, int, int, int], float] = {}
