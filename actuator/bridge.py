@@ -99,21 +99,24 @@ def envelope(
     min_cores: Sequence[int],
     max_cores: Sequence[int],
     bridge_max_cores: int | None,
-    current_cores: Sequence[int],
+    template_cores: Sequence[int],
     why_no_plan: str = "no plan",
 ) -> Envelope:
     """The envelope of every stage at ``now``.
 
     With a usable plan the floor is its current step's cores (within the bounds). Without one
-    (none stored, expired, corrupt: ``why_no_plan``) the floor is what the pods ask for now:
-    the bridge may grow them but never shrinks a service it has no plan for.
+    (none stored, expired, corrupt, or no pipeline at all: ``why_no_plan``) the floor is the
+    Deployment's pod template, the size its operator gave a new pod: the bridge grows pods for a
+    surge and gives the cores back, after ``scale_down_after_s`` of the smaller pods carrying
+    the load, down to what the service runs with when nobody plans for it (the reactive
+    fallback, never below it).
 
     Args:
         plan: the service's latest usable plan, or None.
         now: the tick's time.
         min_cores, max_cores: per stage, the workload's bounds.
         bridge_max_cores: ``bridge.max_cores`` (None: the bounds' max).
-        current_cores: per stage, the cores the ready pods ask for now.
+        template_cores: per stage, the whole cores of the Deployment's pod template.
     """
     ceilings = tuple(
         min(hi, bridge_max_cores) if bridge_max_cores is not None else hi for hi in max_cores
@@ -128,9 +131,9 @@ def envelope(
     if step is not None:
         why_no_plan = f"plan has {len(step.cores)} stage(s), the service {len(min_cores)}"
     floors = tuple(
-        min(max(c, lo), hi) for c, lo, hi in zip(current_cores, min_cores, max_cores, strict=True)
+        min(max(c, lo), hi) for c, lo, hi in zip(template_cores, min_cores, max_cores, strict=True)
     )
-    return Envelope(floors, ceilings, f"{why_no_plan}: floor = the pods' current cores")
+    return Envelope(floors, ceilings, f"{why_no_plan}: floor = the pod template's cores")
 
 
 @dataclass(frozen=True)

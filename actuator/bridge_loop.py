@@ -12,8 +12,9 @@ One tick for one service (:meth:`BridgeController.tick`):
 4. **Signal**: the injected reader (production: a Prometheus instant query over the bridge's
    short window, :mod:`surgecast.live.bridge`). No usable signal: nothing moves.
 5. **Envelope**: the service's latest plan. An expired (``plan_expiry_s``, by the wall clock
-   too), corrupt or missing plan gives no floor from a plan: the floor is then what the pods ask
-   for now, so the bridge may grow pods but never shrinks without a plan.
+   too), corrupt or missing plan gives no floor from a plan: the floor is then the cores
+   of the Deployment's pod template (the reactive fallback: the bridge grows pods for a surge and
+   gives the cores back down to the template, never below).
 6. **Decide** (:func:`actuator.bridge.decide`) and **resize** the ready pods through the
    actuator's own declarative, retried write path (:func:`actuator.apply.resize_calls` with
    :func:`actuator.kube.converge`); never replicas. A resize the kubelet reports ``Infeasible``
@@ -340,7 +341,11 @@ class BridgeController:
             min_cores=[s.workload.bounds.min_cores for s in stages],
             max_cores=[s.workload.bounds.max_cores for s in stages],
             bridge_max_cores=knobs.max_cores,
-            current_cores=[v.cores for v in views],
+            template_cores=[
+                max(1, -(-(P.template_millicores(s.deployment, s.workload.container) or 1000)
+                         // 1000))
+                for s in stages
+            ],
             why_no_plan=why_no_plan,
         )
         record.inputs["envelope"] = {

@@ -118,7 +118,7 @@ def test_envelope_from_plan_and_without_one():
                  "later", 10.0, 100.0, "bridge"),
     )
     plan = Plan("svc", at, steps, 0.95, 750.0, ("resnet18",))
-    kw = dict(min_cores=[1], max_cores=[16], current_cores=[7])
+    kw = dict(min_cores=[1], max_cores=[16], template_cores=[7])
     e = envelope(plan, at + pd.Timedelta(minutes=1), bridge_max_cores=8, **kw)
     assert (e.floor_cores, e.ceiling_cores) == ((3,), (8,))
     e = envelope(plan, at + pd.Timedelta(minutes=4), bridge_max_cores=None, **kw)

@@ -1,7 +1,8 @@
 """The bridge controller against the fake Kubernetes API (test clock, deploy/bridge.yaml's RBAC)
 and a real Prometheus holding a load step: it acts within one tick of the signal, inside the
 envelope, only as the Lease holder, never against the pipeline, the kill switch or shadow mode,
-never shrinks without a plan, and never retries a refused resize in a hot loop."""
+shrinks no lower than the pod template without a plan, and never retries a refused resize in a
+hot loop."""
 
 from __future__ import annotations
 
@@ -288,8 +289,9 @@ def test_shadow_mode_only_dry_runs(world, step_load):
     assert read_records(w.records, SERVICE)[0]["mode"] == "shadow"
 
 
-def test_an_expired_plan_never_shrinks_the_pods(world, step_load):
-    # Quiet load, pods at 4 cores, a plan that asks for 1 core but has expired.
+def test_an_expired_plan_shrinks_the_pods_no_lower_than_their_template(world, step_load):
+    # Quiet load, pods (and their template) at 4 cores, a plan that asks for 1 core but has
+    # expired: the floor is the template's 4 cores.
     w = world(cores=4, plan_expiry_s=600, start_s=-QUIET_S + 60)
     w.plan(1, age_s=900)
     results = w.ticks(w.controller(), 240)

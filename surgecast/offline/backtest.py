@@ -11,10 +11,13 @@ refitted on a cadence with data before each refit only), the one planning functi
 the model's HPA runs on the pod shape the plan set. The baselines run on the same model: the
 Kubernetes HPA (the model's controller at 70 %) and static peak provisioning.
 
+The in-place bridge is production's controller too (:mod:`surgecast.offline.bridge`): it ticks
+every ``bridge.interval_s`` on a Prometheus-like signal of the simulated load (scraped every
+``signal_scrape_s``) and resizes pods inside the envelope of the pipeline's latest plan.
+
 Ablations in every run: ``surgecast-no-bridge`` (the pipeline and the HPA without the in-place
-bridge controller) and ``surgecast-no-forecast`` (the HPA above the spec's floor, plus the bridge).
-The bridge controller is a hook (``bridge``); without one, ``surgecast`` *is*
-``surgecast-no-bridge``, and the rows say so.
+bridge controller) and ``surgecast-no-forecast`` (the HPA above the spec's floor, plus the
+bridge, without the pipeline).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from forecasting.errors import BadInputError
 from forecasting.models import CeemdanHybrid
 from planner.dp import StageConfig, horizontal
 from planner.profiles import Pipeline
+from surgecast.offline.bridge import SCRAPE_S, bridge_factory
 from surgecast.offline.cluster import Clock, ClusterModel, Node
 from surgecast.offline.controllers import PipelineCycle, ThemisController, VpaController
 from surgecast.offline.engine import Controller, Engine, StageBinding
@@ -95,6 +99,8 @@ class BacktestSettings:
             The baseline HPA keeps Kubernetes' 70 %, whose 30 % headroom covers its reaction
             time; above a plan the headroom is already in the plan (forecast quantile, √λ) and
             in the in-place bridge, so this HPA only catches what both missed.
+        signal_scrape_s: scrape interval of the simulated Prometheus the bridge's fast signal
+            comes from (s).
         rps_scale: multiplies the trace's rate.
         max_replicas, max_cores: bounds; None = what the profile needs at the trace's peak.
         seed: seed of the arrivals and of the model.
@@ -116,6 +122,7 @@ class BacktestSettings:
     stabilisation_s: int = 300
     resize_stabilisation_s: int = 60
     hpa_target_above_plan: float = 0.9
+    signal_scrape_s: float = SCRAPE_S
     rps_scale: float = 1.0
     max_replicas: int | None = None
     max_cores: int | None = None
@@ -326,8 +333,9 @@ def run_backtest(
         settings: see ``BacktestSettings``.
         trace_name, profile_name: for the report.
         progress: called with (policy, seconds done, seconds total).
-        bridge: the in-place bridge controller (None: none ships yet; ``surgecast`` is then
-            ``surgecast-no-bridge``).
+        bridge: builds the in-place bridge controller of a run (default: production's,
+            :func:`surgecast.offline.bridge.bridge_factory`, on a signal scraped every
+            ``settings.signal_scrape_s``).
 
     Raises:
         BadInputError: a span outside the trace, or too little history before it.
@@ -385,6 +393,8 @@ def run_backtest(
         settings.slo_ms,
         max_replicas=bounds.max_replicas,
     ).stages[0]
+    if bridge is None:
+        bridge = bridge_factory(pipeline, settings.slo_ms, scrape_s=settings.signal_scrape_s)
     ctx = _Context(
         pipeline, settings, bounds, counts, history, start, warm, median_shape, bridge
     )
@@ -397,18 +407,9 @@ def run_backtest(
     for name in policies:
         report = None if progress is None else partial(progress, name, total=n_sec)
         tick = None if report is None else (lambda done, r=report: r(done))
-        if name == "surgecast-no-bridge" and bridge is None and "surgecast" in runs:
-            runs[name] = replace(runs["surgecast"], policy=name)
-            notes[name] = (
-                "no bridge controller ships yet: surgecast runs without one, so this row is "
-                "surgecast's run (not simulated twice)"
-            )
-        else:
-            runs[name], note = _run_on_model(name, ctx, forecasts, tick)
-            if name == "surgecast" and bridge is None:
-                note = "the pipeline and the HPA above the plan; no in-place bridge ships yet"
-            if note:
-                notes[name] = note
+        runs[name], note = _run_on_model(name, ctx, forecasts, tick)
+        if note:
+            notes[name] = note
         if progress is not None:
             progress(name, n_sec, total=n_sec)
     return BacktestResult(
@@ -437,7 +438,7 @@ class _Context:
     start: pd.Timestamp
     warm: list[StageConfig]
     median_shape: StageConfig
-    bridge: BridgeFactory | None
+    bridge: BridgeFactory
 
 
 def deployment_names(pipeline: Pipeline) -> list[str]:
@@ -591,10 +592,7 @@ def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:
                           max_replicas=bounds.max_replicas,
                           target_utilisation=round(100 * s.hpa_target_above_plan))
         if no_forecast:
-            note = "the HPA above the spec's floor" + (
-                " and the bridge" if ctx.bridge is not None
-                else "; no bridge controller ships yet"
-            )
+            note = "the HPA above the spec's floor and the bridge, without the pipeline"
         else:
             svc = spec.service(SERVICE)
             if name == "oracle":
@@ -618,7 +616,7 @@ def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:
                     surge_quantile=s.surge_quantile,
                 )
             )
-        if ctx.bridge is not None and name != "surgecast-no-bridge":
+        if name != "surgecast-no-bridge":
             engine.controllers.append(ctx.bridge(engine, port, config))
     result = engine.run()
     result.policy = name

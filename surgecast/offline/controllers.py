@@ -35,6 +35,7 @@ from actuator.spec import ServiceSpec
 from actuator.target import stage_guards
 from planner.dp import StageConfig, horizontal, vertical
 from planner.errors import PlannerInputError
+from planner.plan import Plan
 from planner.policy import ClusterState, PolicySettings
 from planner.profiles import Pipeline
 from planner.queueing import headroom_rps
@@ -68,6 +69,7 @@ class PipelineCycle:
     Attributes:
         records: every run's decision record, in order.
         errors: planner errors (the run then applies nothing, as in production).
+        last_plan: the latest plan (what the bridge's envelope comes from).
     """
 
     name: str
@@ -84,6 +86,7 @@ class PipelineCycle:
     surge_quantile: float | None = 0.99
     records: list[DecisionRecord] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    last_plan: Plan | None = None
 
     def __post_init__(self) -> None:
         if self.artifacts is None:
@@ -124,6 +127,7 @@ class PipelineCycle:
         except PlannerInputError as exc:
             self.errors.append(f"{now.isoformat()}: {exc}")
             return
+        self.last_plan = plan
         floors = reactive_floors(self.pipeline, self.policy, observed, window_peak)
         record = actuate(
             plan,
