@@ -251,10 +251,7 @@ def _assess(
     feasible: bool,
     detail: str,
 ) -> Decision:
-    capacity = min(
-        c.replicas * float(p.throughput_rps(c.batch, c.cores))
-        for p, c in zip(pipeline.stages, configs, strict=True)
-    )
+    capacity = min(p.capacity_rps(c) for p, c in zip(pipeline.stages, configs, strict=True))
     return Decision(
         stages=tuple(configs),
         latency_ms=float(sum(stage_latency)),

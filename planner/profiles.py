@@ -124,6 +124,11 @@ class LatencyProfile:
         """h(b, c) = 1000·b / l(b, c): requests per second one replica serves back to back."""
         return 1000.0 * batch / self.latency_ms(batch, cores)
 
+    def capacity_rps(self, config) -> float:
+        """What a stage shape serves (rps): replicas × h(batch, cores). The one capacity every
+        planner, guard, controller and report uses."""
+        return config.replicas * float(self.throughput_rps(config.batch, config.cores))
+
     def to_dict(self) -> dict:
         """The profile as the keys of a profile file."""
         return {

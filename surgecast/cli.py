@@ -673,7 +673,7 @@ def _print_decisions(pipeline, result, rps: float, slo_ms: float) -> None:
         rows.insert(0, ("current", result.current))
     for label, decision in rows:
         for i, (profile, config) in enumerate(zip(pipeline.stages, decision.stages, strict=True)):
-            capacity = config.replicas * float(profile.throughput_rps(config.batch, config.cores))
+            capacity = profile.capacity_rps(config)
             table.add_row(
                 label if i == 0 else "",
                 profile.name,

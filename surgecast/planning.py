@@ -437,7 +437,7 @@ def reactive_floors(
     for i, (profile, config) in enumerate(zip(pipeline.stages, decision.stages, strict=True)):
 
         def capacity(cfg, profile=profile) -> float:
-            return load_within_headroom(cfg.replicas * profile.throughput_rps(cfg.batch, cfg.cores))
+            return load_within_headroom(profile.capacity_rps(cfg))
 
         floors[i] = Floor(
             observed_rps=observed_rps,
