@@ -240,6 +240,9 @@ def test_the_same_writes_in_the_same_order_leave_the_same_cluster(replay):
         assert len(inproc[name].writes) > 30, name
         want, got = cluster_objects(inproc[name].model), cluster_objects(http[name].model)
         assert got.keys() == want.keys(), name
+        # The engine alone moved the clock: both ended at the span's end.
+        assert http[name].model.clock.now == inproc[name].model.clock.now
+        assert inproc[name].model.clock.now == SETTINGS.end.timestamp()
         for key in want:
             assert got[key] == want[key], (name, key)
     # The pipeline without the bridge leaves its decisions as Events only (no records folder
