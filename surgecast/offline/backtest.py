@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from actuator.guards import Bounds, within_bounds
+from actuator.port import ClusterPort
 from actuator.spec import ServiceSpec, WorkloadSpec
 from forecasting.cleaning import fill_gaps
 from forecasting.errors import BadInputError
@@ -310,9 +311,16 @@ def default_bounds(pipeline: Pipeline, counts: np.ndarray, slo_ms: float) -> Bou
     return Bounds(1, max(2 * replicas + 4, 8), 1, max_cores, max_batch)
 
 
-BridgeFactory = Callable[["Engine", SimPort, ServiceSpec], Controller]
+BridgeFactory = Callable[["Engine", ClusterPort, ServiceSpec], Controller]
 """Builds the in-place bridge controller of one run (engine, port, the service's actuator
 config); the backtest appends it to the controllers of the policies that ship with it."""
+
+PortFactory = Callable[[ClusterModel], ClusterPort]
+"""Builds the cluster port a run's controllers act through, on that run's fresh cluster model
+(default :class:`SimPort`, in process). Any other port must serve that very model and leave its
+clock to the engine: the replay-equivalence test serves it over HTTP to the official client
+(:class:`actuator.kube.KubeApi`), which shows the in-process port changes no decision. What a
+factory starts (a server) is its caller's to stop."""
 
 
 def run_backtest(
@@ -324,6 +332,7 @@ def run_backtest(
     profile_name: str,
     progress: Callable[[str, int, int], None] | None = None,
     bridge: BridgeFactory | None = None,
+    port: PortFactory | None = None,
 ) -> BacktestResult:
     """Simulate every policy of ``settings`` on ``rps``.
 
@@ -336,6 +345,7 @@ def run_backtest(
         bridge: builds the in-place bridge controller of a run (default: production's,
             :func:`surgecast.offline.bridge.bridge_factory`, on a signal scraped every
             ``settings.signal_scrape_s``).
+        port: builds each run's cluster port on its model (default: :class:`SimPort`).
 
     Raises:
         BadInputError: a span outside the trace, or too little history before it.
@@ -396,7 +406,8 @@ def run_backtest(
     if bridge is None:
         bridge = bridge_factory(pipeline, settings.slo_ms, scrape_s=settings.signal_scrape_s)
     ctx = _Context(
-        pipeline, settings, bounds, counts, history, start, warm, median_shape, bridge
+        pipeline, settings, bounds, counts, history, start, warm, median_shape, bridge,
+        port or SimPort,
     )
     if set(policies) - {"hpa", "static-peak"}:
         service_spec(ctx, hpa=True)  # refuse settings the service spec refuses, before any run
@@ -439,6 +450,7 @@ class _Context:
     warm: list[StageConfig]
     median_shape: StageConfig
     bridge: BridgeFactory
+    port: PortFactory = SimPort
 
 
 def deployment_names(pipeline: Pipeline) -> list[str]:
@@ -492,9 +504,10 @@ def _service_spec(ctx: _Context, *, hpa: bool) -> Settings:
     return Settings(source="backtest", services=(service,), run_interval_s=float(s.every_s))
 
 
-def _model(ctx: _Context, shapes: Sequence[StageConfig]) -> tuple[ClusterModel, SimPort]:
+def _model(ctx: _Context, shapes: Sequence[StageConfig]) -> tuple[ClusterModel, ClusterPort]:
     """A fresh cluster with the stages' Deployments at ``shapes``, Ready, at the span's start;
-    one node large enough that placement never binds (the policies are compared on load)."""
+    one node large enough that placement never binds (the policies are compared on load); and
+    the port onto it (``ctx.port``, once the Deployments exist)."""
     s = ctx.settings
     clock = Clock(ctx.start.timestamp())
     room_m = 1000 * 2 * len(shapes) * ctx.bounds.max_replicas * ctx.bounds.max_cores + 64_000
@@ -515,7 +528,7 @@ def _model(ctx: _Context, shapes: Sequence[StageConfig]) -> tuple[ClusterModel, 
             batch_env=BATCH_ENV,
             batch=shape.batch,
         )
-    return model, SimPort(model)
+    return model, ctx.port(model)
 
 
 def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:

@@ -223,3 +223,45 @@ class ClusterHarness:
     def close(self) -> None:
         for name in self.created:
             self.apps.delete_namespaced_deployment(name, self.namespace)
+
+
+class ServedModel:
+    """The fake API server on a cluster model that someone else owns and moves: the backtest's
+    engine, whose clock it is. The server never moves that clock (no fault delays are set);
+    every request brings the model to the clock's time and no further, as the in-process port's
+    do.
+
+    Args:
+        cluster: the model to serve (its Deployments may already exist).
+        rbac_files: manifests the server enforces (default ``deploy/rbac.yaml``).
+        request_timeout_s: the client timeout of every :class:`KubeApi` it hands out; long,
+            since a wall-clock timeout on a loaded machine would be a retry the in-process run
+            never makes.
+    """
+
+    def __init__(
+        self,
+        cluster: FakeCluster,
+        *,
+        rbac_files: list[Path] | None = None,
+        request_timeout_s: float = 60.0,
+    ) -> None:
+        self.cluster = cluster
+        self.server = FakeApiServer(cluster, rbac_files or [RBAC]).start()
+        self.request_timeout_s = request_timeout_s
+        self._clients: list[k8s.ApiClient] = []
+
+    def api(self, service_account: str, namespace: str = NAMESPACE) -> KubeApi:
+        """Production's port, authenticated as the service account ``namespace/name``."""
+        token = self.server.service_account_token(namespace, service_account)
+        api_client = client_for(self.server.url, token)
+        self._clients.append(api_client)
+        return KubeApi(api_client, request_timeout_s=self.request_timeout_s)
+
+    def add_rbac(self, *documents: dict | str) -> None:
+        self.server.add_rbac(*documents)
+
+    def close(self) -> None:
+        self.server.stop()
+        for api_client in self._clients:
+            api_client.close()
