@@ -629,7 +629,9 @@ def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:
                     surge_quantile=s.surge_quantile,
                 )
             )
-        if name != "surgecast-no-bridge":
+        if name == "surgecast-no-bridge":
+            note = "the pipeline and the HPA above the plan, without the in-place bridge"
+        else:
             engine.controllers.append(ctx.bridge(engine, port, config))
     result = engine.run()
     result.policy = name
