@@ -34,7 +34,7 @@ import pandas as pd
 
 from actuator.guards import Bounds, within_bounds
 from actuator.port import ClusterPort
-from actuator.spec import ServiceSpec, WorkloadSpec
+from actuator.spec import DEFAULTS, ServiceSpec, WorkloadSpec
 from forecasting.cleaning import fill_gaps
 from forecasting.errors import BadInputError
 from forecasting.models import CeemdanHybrid
@@ -92,10 +92,10 @@ class BacktestSettings:
         quantile: the forecast quantile the planner sizes cores for.
         surge_quantile: the forecast quantile the replica count must reach by in-place resizing.
         model: the forecasting model surgecast uses.
-        cold_start_s: seconds before a new replica serves.
+        cold_start_s: seconds before a new replica serves: the simulated cluster's pod start (30 s
+            for the bundled ResNet18 scenario), also given to the service spec as its cold start.
         resize_s: seconds an in-place resize takes.
         stabilisation_s: no replica removed within this long after a scale-up (every policy).
-        resize_stabilisation_s: no in-place core reduction within this long after a scale-up.
         hpa_target_above_plan: CPU target of the HPA that runs above surgecast's planned floor.
             The baseline HPA keeps Kubernetes' 70 %, whose 30 % headroom covers its reaction
             time; above a plan the headroom is already in the plan (forecast quantile, √λ) and
@@ -113,15 +113,14 @@ class BacktestSettings:
     end: pd.Timestamp | None = None
     train_days: float = 4.0
     refit_days: float = 1.0
-    every_s: int = 300
+    every_s: int = int(DEFAULTS.run_interval_s)
     horizon_steps: int = 15
     quantile: float = 0.9
     surge_quantile: float = 0.99
     model: str = "hybrid"
     cold_start_s: int = 30
-    resize_s: int = 2
-    stabilisation_s: int = 300
-    resize_stabilisation_s: int = 60
+    resize_s: int = int(DEFAULTS.resize_s)
+    stabilisation_s: int = int(DEFAULTS.stabilisation_s)
     hpa_target_above_plan: float = 0.9
     signal_scrape_s: float = SCRAPE_S
     rps_scale: float = 1.0
