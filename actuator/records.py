@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from actuator.metrics import Sample, push
 from planner.plan import iso
 
 OUTCOMES = (
@@ -419,53 +420,33 @@ def push_metrics(
     Raises:
         OSError: the push failed (the caller records it; never fatal).
     """
-    from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
-
-    registry = CollectorRegistry()
     prefix = job
-    for name, (text, value) in (gauges or {}).items():
-        Gauge(f"{prefix}_{name}", text, registry=registry).set(value)
-    for key, text in (
-        ("decisions", "Decision records written"),
-        ("changes_applied", "Changes the API server accepted"),
-        ("errors", "Errors recorded (API, events, metrics)"),
-    ):
-        Counter(f"{prefix}_{key}", text, registry=registry).inc(counters.get(key, 0))
-    run = Gauge(f"{prefix}_last_run_timestamp_seconds", "Time of the last run", registry=registry)
-    run.set(pd.Timestamp(record.run_at).timestamp())
-    Gauge(f"{prefix}_active", "1 active, 0 shadow", registry=registry).set(
-        1 if record.mode == "active" else 0
-    )
-    Gauge(
-        f"{prefix}_last_run_changes_applied", "Changes applied by the last run", registry=registry
-    ).set(record.applied)
-    Gauge(f"{prefix}_last_run_errors", "Errors of the last run", registry=registry).set(
-        len(record.errors)
-    )
-    gauges = {
-        (kind, what): Gauge(
-            f"{prefix}_{kind}_{what}",
-            f"{kind.capitalize()} {what} per Deployment",
-            ["deployment"],
-            registry=registry,
+    samples = [Sample(f"{prefix}_{name}", text, value) for name, (text, value) in
+               (gauges or {}).items()]
+    samples += [
+        Sample(f"{prefix}_{key}", text, counters.get(key, 0), counter=True)
+        for key, text in (
+            ("decisions", "Decision records written"),
+            ("changes_applied", "Changes the API server accepted"),
+            ("errors", "Errors recorded (API, events, metrics)"),
         )
-        for kind in ("planned", "actual")
-        for what in ("replicas", "cores")
-    }
+    ]
+    samples += [
+        Sample(f"{prefix}_last_run_timestamp_seconds", "Time of the last run",
+               pd.Timestamp(record.run_at).timestamp()),
+        Sample(f"{prefix}_active", "1 active, 0 shadow", 1 if record.mode == "active" else 0),
+        Sample(f"{prefix}_last_run_changes_applied", "Changes applied by the last run",
+               record.applied),
+        Sample(f"{prefix}_last_run_errors", "Errors of the last run", len(record.errors)),
+    ]
     for workload in record.workloads:
-        if workload.target:
-            gauges["planned", "replicas"].labels(workload.deployment).set(
-                workload.target["replicas"]
-            )
-            gauges["planned", "cores"].labels(workload.deployment).set(workload.target["cores"])
+        per = {"deployment": workload.deployment}
         actual = workload.after or workload.current
-        if actual:
-            gauges["actual", "replicas"].labels(workload.deployment).set(actual["replicas"])
-            gauges["actual", "cores"].labels(workload.deployment).set(actual["cores"])
-    push_to_gateway(
-        url,
-        job=job,
-        registry=registry,
-        grouping_key={"service": record.service},
-        timeout=timeout_s,
-    )
+        for kind, shape in (("planned", workload.target), ("actual", actual)):
+            if not shape:
+                continue
+            for what in ("replicas", "cores"):
+                samples.append(Sample(f"{prefix}_{kind}_{what}",
+                                      f"{kind.capitalize()} {what} per Deployment",
+                                      shape[what], per))
+    push(url, job, record.service, samples, timeout_s=timeout_s)

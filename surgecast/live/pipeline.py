@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from actuator.metrics import Sample, push
 from forecasting.cleaning import format_time
 from forecasting.errors import BadInputError
 from planner.plan import Plan, iso, utc_timestamp
@@ -969,38 +970,30 @@ def push_run_metrics(url: str | None, record: dict, *, timeout_s: float = 5.0) -
     """
     if not url:
         return "no pushgateway configured"
-    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
-
-    registry = CollectorRegistry()
-    Gauge("surgecast_run_ok", "1 when the run could act on a good forecast",
-          registry=registry).set(1 if record["ok"] else 0)
     err = record.get("error")
-    if err is not None:
-        Gauge("surgecast_run_error", "Why the run did not act (1 per stage and reason)",
-              ["stage", "reason"], registry=registry).labels(err["stage"], err["reason"]).set(1)
-    Gauge("surgecast_run_timestamp_seconds", "Time of the run (its now)",
-          registry=registry).set(pd.Timestamp(record["run_at"]).timestamp())
     inputs = record.get("inputs") or {}
-    Gauge("surgecast_forecast_fallback", "1 when the seasonal naive forecast answered",
-          registry=registry).set(1 if inputs.get("fallback") else 0)
     history = inputs.get("history") or {}
+    samples = [
+        Sample("surgecast_run_ok", "1 when the run could act on a good forecast",
+               1 if record["ok"] else 0),
+        Sample("surgecast_run_timestamp_seconds", "Time of the run (its now)",
+               pd.Timestamp(record["run_at"]).timestamp()),
+        Sample("surgecast_forecast_fallback", "1 when the seasonal naive forecast answered",
+               1 if inputs.get("fallback") else 0),
+        Sample("surgecast_active", "1 active, 0 shadow", 1 if record["mode"] == "active" else 0),
+    ]
+    if err is not None:
+        samples.append(Sample("surgecast_run_error", "Why the run did not act (1 per stage and "
+                              "reason)", 1, {"stage": err["stage"], "reason": err["reason"]}))
     if history.get("staleness_s") is not None:
-        Gauge("surgecast_history_staleness_seconds", "Age of the newest sample at the run",
-              registry=registry).set(history["staleness_s"])
+        samples.append(Sample("surgecast_history_staleness_seconds",
+                              "Age of the newest sample at the run", history["staleness_s"]))
     if inputs.get("forecast_peak_rps") is not None:
-        Gauge("surgecast_forecast_peak_rps", "Peak of the planning quantile over the horizon",
-              registry=registry).set(inputs["forecast_peak_rps"])
-    Gauge("surgecast_active", "1 active, 0 shadow", registry=registry).set(
-        1 if record["mode"] == "active" else 0
-    )
+        samples.append(Sample("surgecast_forecast_peak_rps",
+                              "Peak of the planning quantile over the horizon",
+                              inputs["forecast_peak_rps"]))
     try:
-        push_to_gateway(
-            url,
-            job=PIPELINE_JOB,
-            registry=registry,
-            grouping_key={"service": record["service"]},
-            timeout=timeout_s,
-        )
+        push(url, PIPELINE_JOB, record["service"], samples, timeout_s=timeout_s)
     except (OSError, ValueError) as exc:  # unreachable, HTTP error, malformed URL
         return f"failed: {exc}"
     return "pushed"
@@ -1293,28 +1286,25 @@ def push_accuracy_metrics(url: str | None, report: dict, *, timeout_s: float = 5
     """Push the accuracy report's headline figures (job ``surgecast_accuracy``)."""
     if not url:
         return "no pushgateway configured"
-    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
-
-    registry = CollectorRegistry()
-    Gauge("surgecast_accuracy_ok", "1 when the day could be scored", registry=registry).set(
-        0 if report.get("error") else 1
-    )
-    Gauge("surgecast_accuracy_forecasts", "Forecasts scored", registry=registry).set(
-        report.get("forecasts", 0)
-    )
     metrics = report.get("metrics") or {}
-    for key in ("mae", "rmse", "smape", "mase", "under_rate_q95"):
-        if metrics.get(key) is not None:
-            Gauge(f"surgecast_accuracy_{key}", f"{key} of the day's forecasts",
-                  registry=registry).set(metrics[key])
-    coverage = Gauge("surgecast_accuracy_coverage", "Share of actuals at or below the quantile",
-                     ["quantile"], registry=registry)
-    for q, value in (metrics.get("coverage") or {}).items():
-        if value is not None:
-            coverage.labels(q).set(value)
+    samples = [
+        Sample("surgecast_accuracy_ok", "1 when the day could be scored",
+               0 if report.get("error") else 1),
+        Sample("surgecast_accuracy_forecasts", "Forecasts scored", report.get("forecasts", 0)),
+    ]
+    samples += [
+        Sample(f"surgecast_accuracy_{key}", f"{key} of the day's forecasts", metrics[key])
+        for key in ("mae", "rmse", "smape", "mase", "under_rate_q95")
+        if metrics.get(key) is not None
+    ]
+    samples += [
+        Sample("surgecast_accuracy_coverage", "Share of actuals at or below the quantile", value,
+               {"quantile": str(q)})
+        for q, value in (metrics.get("coverage") or {}).items()
+        if value is not None
+    ]
     try:
-        push_to_gateway(url, job="surgecast_accuracy", registry=registry,
-                        grouping_key={"service": report["service"]}, timeout=timeout_s)
+        push(url, "surgecast_accuracy", report["service"], samples, timeout_s=timeout_s)
     except (OSError, ValueError) as exc:
         return f"failed: {exc}"
     return "pushed"
