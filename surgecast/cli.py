@@ -789,6 +789,16 @@ def backtest(
         int, typer.Option(parser=_int(0, MAX_SEED), help="Seed of the arrivals and the model.")
     ] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/backtest"),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Services file (YAML, as run/apply/bridge read it): backtest one service as it "
+            "gives it (profile, SLO, forecast, timings, guards, bridge, bounds replace the flags)."
+        ),
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option(help="The service of --config (default: its only one).")
+    ] = None,
 ) -> None:
     """Replay a trace through surgecast and today's autoscalers on a simulated cluster."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -849,6 +859,8 @@ def backtest(
             end=end,
             out=out,
             progress=progress,
+            config=config,
+            service=service,
         )
     except BadInputError as exc:
         raise _fail(str(exc)) from None
@@ -858,7 +870,7 @@ def backtest(
     requests = next(iter(summary["policies"].values()), {}).get("requests", 0)
     table = Table(
         title=(
-            f"{summary['trace']}, {summary['profile']}, SLO {slo_ms:g} ms, "
+            f"{summary['trace']}, {summary['profile']}, SLO {summary['slo_ms']:g} ms, "
             f"{summary['seconds_simulated'] / 3600:.1f} h from {summary['start']}, "
             f"{requests:,} requests"
         )

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from forecasting.errors import BadInputError
 from planner.profiles import bundled_profile, load_pipeline
 from surgecast.cli import app
 from surgecast.offline.backtest import (
@@ -241,3 +242,71 @@ def test_the_static_shape_never_changes_and_carries_the_peak_minute(result):
     run = result.runs["static-peak"]
     peak_minute = run.arrivals[: len(run.arrivals) // 60 * 60].reshape(-1, 60).mean(axis=1).max()
     assert run.actions == 0 and run.capacity_rps.min() >= peak_minute
+
+
+# -- the service as its config file gives it ----------------------------------------------------
+
+CONFIG = """\
+prometheus: {url: "http://127.0.0.1:9090"}
+run_interval_s: 300
+services:
+  - name: resnet
+    query: sum(rate(requests_total[1m]))
+    namespace: inference
+    deployment: resnet
+    profile: resnet18
+    slo_ms: 750
+    forecast: {model: lgbm_lags}
+    bounds: {min_replicas: 1, max_replicas: 3, min_cores: 1, max_cores: 2}
+    bridge: {interval_s: 10}
+"""
+
+
+def test_a_config_file_backtests_its_service_as_it_ships(tmp_path):
+    from surgecast.settings import load_settings
+
+    path = tmp_path / "services.yaml"
+    path.write_text(CONFIG)
+    svc = load_settings(path).service("resnet")
+    run = run_backtest(
+        synthetic_trace(),
+        RESNET,
+        settings(policies=("surgecast", "hpa"), end=START + pd.Timedelta(days=3, hours=2)),
+        trace_name="synthetic",
+        profile_name="resnet18",
+        spec=svc,
+    )
+    # The file's bounds bind every policy, the baselines too.
+    for result in run.runs.values():
+        assert result.replicas.max() <= 3 and result.cores.max() <= 2
+    # Without them (the default bounds fit the trace's peak) surgecast would go higher.
+    free = run_backtest(
+        synthetic_trace(),
+        RESNET,
+        settings(policies=("surgecast",), end=START + pd.Timedelta(days=3, hours=2)),
+        trace_name="synthetic",
+        profile_name="resnet18",
+    )
+    assert free.runs["surgecast"].replicas.max() * free.runs["surgecast"].cores.max() > 6
+
+
+def test_a_spec_whose_deployments_do_not_match_the_pipeline_is_refused(tmp_path):
+    from surgecast.settings import load_settings
+
+    path = tmp_path / "services.yaml"
+    path.write_text(CONFIG)
+    svc = load_settings(path).service("resnet")  # one Deployment, for resnet18's one stage
+    video = load_pipeline(bundled_profile("video"))
+    with pytest.raises(BadInputError, match=r"service resnet: 1 Deployment\(s\) for the 2 stage"):
+        run_backtest(synthetic_trace(), video, settings(policies=("surgecast",)),
+                     trace_name="synthetic", profile_name="video", spec=svc)
+
+
+def test_service_without_config_is_one_line_and_exit_2():
+    from typer.testing import CliRunner
+
+    from surgecast.cli import app
+
+    out = CliRunner().invoke(app, ["backtest", "--service", "resnet"])
+    assert out.exit_code == 2
+    assert "--service: needs --config" in out.output and "Traceback" not in out.output

@@ -331,6 +331,7 @@ def run_backtest(
     profile_name: str,
     progress: Callable[[str, int, int], None] | None = None,
     bridge: BridgeFactory | None = None,
+    spec: ServiceSettings | None = None,
     port: PortFactory | None = None,
 ) -> BacktestResult:
     """Simulate every policy of ``settings`` on ``rps``.
@@ -344,6 +345,9 @@ def run_backtest(
         bridge: builds the in-place bridge controller of a run (default: production's,
             :func:`surgecast.offline.bridge.bridge_factory`, on a signal scraped every
             ``settings.signal_scrape_s``).
+        spec: the service as a config file gives it (``surgecast backtest --config``): its
+            bounds bind every policy, and surgecast runs with its guards, step limits, timings,
+            forecast and bridge settings; None: a spec built from ``settings``.
         port: builds each run's cluster port on its model (default: :class:`SimPort`).
 
     Raises:
@@ -392,6 +396,13 @@ def run_backtest(
         settings.max_cores or bounds.max_cores,
         bounds.max_batch,
     )
+    if spec is not None:
+        if len(spec.workloads) != len(pipeline.stages):
+            raise BadInputError(
+                f"service {spec.name}: {len(spec.workloads)} Deployment(s) for the "
+                f"{len(pipeline.stages)} stage(s) of {pipeline.name}"
+            )
+        bounds = spec.workloads[0].bounds
     first_minute = float(counts[:60].mean())
     warm = list(
         horizontal(pipeline, first_minute, settings.slo_ms, max_replicas=bounds.max_replicas).stages
@@ -406,7 +417,7 @@ def run_backtest(
         bridge = bridge_factory(pipeline, settings.slo_ms, scrape_s=settings.signal_scrape_s)
     ctx = _Context(
         pipeline, settings, bounds, counts, history, start, warm, median_shape, bridge,
-        port or SimPort,
+        port or SimPort, spec,
     )
     if set(policies) - {"hpa", "static-peak"}:
         service_spec(ctx, hpa=True)  # refuse settings the service spec refuses, before any run
@@ -450,6 +461,7 @@ class _Context:
     median_shape: StageConfig
     bridge: BridgeFactory
     port: PortFactory = SimPort
+    spec: ServiceSettings | None = None
 
 
 def deployment_names(pipeline: Pipeline) -> list[str]:
@@ -474,16 +486,26 @@ def _service_spec(ctx: _Context, *, hpa: bool) -> Settings:
     s = ctx.settings
     names = deployment_names(ctx.pipeline)
     stages = ctx.pipeline.stage_names if len(names) > 1 else [None]
+    given = ctx.spec.workloads if ctx.spec is not None else [None] * len(names)
     workloads = tuple(
         WorkloadSpec(
             deployment=name,
             stage=stage,
-            bounds=ctx.bounds,
+            bounds=ctx.bounds if wl is None else wl.bounds,
             hpa=f"{name}-hpa" if hpa else None,
             batch_env=BATCH_ENV,
         )
-        for name, stage in zip(names, stages, strict=True)
+        for name, stage, wl in zip(names, stages, given, strict=True)
     )
+    if ctx.spec is not None:
+        # The user's service as its config gives it (guards, steps, timings, bridge, forecast),
+        # on the simulated cluster's Deployments, active.
+        service = ctx.spec.model_copy(
+            update={"name": SERVICE, "namespace": NAMESPACE, "workloads": workloads,
+                    "mode": "active", "kill_switch": "surgecast-control"}
+        )
+        return Settings(source="backtest", services=(service,),
+                        run_interval_s=float(service.run_interval_s))
     service = ServiceSettings(
         name=SERVICE,
         query="backtest",

@@ -443,18 +443,48 @@ def backtest_trace(
     end: str | None = None,
     out: Path = Path("out/backtest"),
     progress=None,
+    config: str | Path | None = None,
+    service: str | None = None,
 ) -> BacktestRun:
     """Replay a trace through every policy against the simulated cluster; write the report.
 
-    With no trace, the bundled Twitter trace: the day after its first ``train_days``.
+    With no trace, the bundled Twitter trace: the day after its first ``train_days``. With a
+    ``config`` (the services YAML that ``run``, ``apply`` and ``bridge`` read), the service
+    named ``service`` (or the file's only one) is backtested as the file gives it: its profile,
+    SLO, forecast model and quantile, run interval, cold start, resize time, stabilisation,
+    step limits, bridge table and bounds replace the corresponding ``settings``.
     """
     from dataclasses import replace
 
     from planner.errors import PlannerInputError
     from surgecast.offline.backtest import BacktestSettings, run_backtest, write_results
     from surgecast.planning import load_profile
+    from surgecast.settings import load_settings
 
     settings = settings or BacktestSettings()
+    spec = None
+    if config is not None:
+        fleet = load_settings(config)
+        if service is None and len(fleet.services) != 1:
+            raise BadInputError(
+                f"--service: {config} has {len(fleet.services)} services "
+                f"({', '.join(fleet.names)}); name one"
+            )
+        spec = fleet.service(service) if service is not None else fleet.services[0]
+        profile = spec.profile
+        settings = replace(
+            settings,
+            slo_ms=float(spec.slo_ms),
+            quantile=float(spec.forecast.plan_quantile),
+            model=spec.forecast.model,
+            horizon_steps=int(spec.forecast.horizon_steps),
+            every_s=round(spec.run_interval_s),
+            cold_start_s=round(spec.cold_start_s),
+            resize_s=round(spec.resize_s),
+            stabilisation_s=round(spec.stabilisation_s),
+        )
+    elif service is not None:
+        raise BadInputError("--service: needs --config (the services file it names)")
     out = check_output_dir(out, "--out")
     path = resolve_trace(trace)
     rps = load_rps_csv(path)
@@ -493,6 +523,7 @@ def backtest_trace(
         trace_name=path.name,
         profile_name=pipeline.name,
         progress=progress,
+        spec=spec,
     )
     js, html = write_results(result, out)
     return BacktestRun(js, html, result.to_json(), result.seconds)
