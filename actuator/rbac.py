@@ -57,20 +57,7 @@ def rbac_manifests(
     Returns:
         Plain manifests, in apply order.
     """
-    if not services:
-        raise ValueError("rbac: no services in the config")
-    home = account_namespace or services[0].namespace
-    docs: list[dict] = [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": account, "namespace": home},
-        }
-    ]
-    by_ns: dict[str, list[ServiceSpec]] = {}
-    for svc in services:
-        by_ns.setdefault(svc.namespace, []).append(svc)
-    switches = _switches(services)
+    home, docs, by_ns, switches = _account(services, account, account_namespace)
     for ns in sorted(set(by_ns) | set(switches)):
         docs.append(_role(ns, by_ns.get(ns, []), account, sorted(switches.get(ns, ()))))
         docs.append(_binding(ns, account, home))
@@ -93,20 +80,7 @@ def bridge_manifests(
         account: the bridge's ServiceAccount.
         account_namespace: where it lives (default: the first service's namespace).
     """
-    if not services:
-        raise ValueError("rbac: no services in the config")
-    home = account_namespace or services[0].namespace
-    docs: list[dict] = [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": account, "namespace": home},
-        }
-    ]
-    by_ns: dict[str, list[ServiceSpec]] = {}
-    for svc in services:
-        by_ns.setdefault(svc.namespace, []).append(svc)
-    switches = _switches(services)
+    home, docs, by_ns, switches = _account(services, account, account_namespace)
     for ns in sorted(set(by_ns) | set(switches)):
         rules = []
         mine = by_ns.get(ns, [])
@@ -136,6 +110,27 @@ def bridge_manifests(
         docs.append(_binding(ns, account, home))
     return docs
 
+
+
+def _account(
+    services: Sequence[ServiceSpec], account: str, account_namespace: str | None
+) -> tuple[str, list[dict], dict[str, list[ServiceSpec]], dict[str, set[str]]]:
+    """(the account's namespace, [its ServiceAccount], services by namespace, kill switches by
+    namespace): what every set of manifests starts from."""
+    if not services:
+        raise ValueError("rbac: no services in the config")
+    home = account_namespace or services[0].namespace
+    docs: list[dict] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": home},
+        }
+    ]
+    by_ns: dict[str, list[ServiceSpec]] = {}
+    for svc in services:
+        by_ns.setdefault(svc.namespace, []).append(svc)
+    return home, docs, by_ns, _switches(services)
 
 def _switches(services: Sequence[ServiceSpec]) -> dict[str, set[str]]:
     switches: dict[str, set[str]] = {}
