@@ -4,37 +4,17 @@ rate a Prometheus scraping the simulated load would answer (late, never from the
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
+from simtoy import DEP, NS, TOY, setup
 
 from actuator.guards import Bounds
 from actuator.records import read_records
 from actuator.spec import BridgeSpec, ServiceSpec, WorkloadSpec
-from planner.profiles import LatencyProfile, Pipeline
 from surgecast.offline.bridge import ScrapedRate, SimBridge
-from surgecast.offline.cluster import Clock, ClusterModel, Node
-from surgecast.offline.engine import Engine, StageBinding
-from surgecast.offline.port import SimPort
-
-# l(b, c) = 40·b/c + 10 ms: one core at batch 1 serves 20 rps.
-TOY = Pipeline(
-    name="toy",
-    stages=(LatencyProfile("toy", 40.0, 0.0, 0.0, 10.0, max_cores=8, max_batch=8,
-                           memory_mb=512.0),),
-)
-NS, DEP = "inference", "toy"
-START = pd.Timestamp("2024-03-04T00:00:00Z")
 
 
 def engine_for(counts, *, replicas=2, cores=1, controllers=()):
-    clock = Clock(START.timestamp())
-    model = ClusterModel(clock, start_delay_s=30.0, resize_delay_s=2.0,
-                         nodes=[Node("node-1", 64_000)], follow_clock=False)
-    model.add_deployment(NS, DEP, replicas=replicas, cores=cores, batch_env="BATCH", batch=1)
-    engine = Engine(np.asarray(counts, dtype=float), TOY, model, NS,
-                    [StageBinding(DEP, batch_env="BATCH")], slo_ms=500.0,
-                    controllers=controllers)
-    return model, SimPort(model), engine
+    return setup(counts, replicas=replicas, cores=cores, controllers=controllers)
 
 
 def spec(**bridge) -> ServiceSpec:
