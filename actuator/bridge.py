@@ -44,10 +44,6 @@ from planner.queueing import headroom_rps
 UP, DOWN, HOLD = "up", "down", "hold"
 
 
-BridgeSettings = BridgeSpec
-"""The bridge's knobs for one service: the service spec's ``bridge`` table
-(:class:`actuator.spec.BridgeSpec`, where their defaults and ranges are written)."""
-
 
 def bridge_settings(spec: object) -> BridgeSpec:
     """The bridge settings of a service spec: its ``bridge`` table, or the defaults for a spec
@@ -254,7 +250,7 @@ def _short_of(stages: Sequence[StageNow], env: Envelope, target: float) -> str:
 
 
 def decide(
-    settings: BridgeSettings,
+    settings: BridgeSpec,
     stages: Sequence[StageNow],
     env: Envelope,
     *,

@@ -47,7 +47,6 @@ from actuator.bridge import (
     HOLD,
     UP,
     BridgeDecision,
-    BridgeSettings,
     StageNow,
     bridge_settings,
     decide,
@@ -100,7 +99,6 @@ class BridgeOptions:
         refused_cooldown_s: a pod whose resize was Infeasible is not asked again for as many
             cores for this long (s).
         interval_s: overrides every service's ``bridge.interval_s`` (the CLI's --interval).
-        signal_deadline_s: the whole Prometheus read of one tick ends by then (s).
         knobs: replaces every service's bridge settings (benchmarks, tests); None: the spec's.
     """
 
@@ -113,8 +111,7 @@ class BridgeOptions:
     identity: str = field(default_factory=lambda: default_identity())
     refused_cooldown_s: float = 120.0
     interval_s: float | None = None
-    signal_deadline_s: float = 4.0
-    knobs: BridgeSettings | None = None
+    knobs: BridgeSpec | None = None
 
 
 @dataclass
@@ -214,7 +211,7 @@ class BridgeController:
 
     # ---- public
 
-    def knobs(self, service: str) -> BridgeSettings:
+    def knobs(self, service: str) -> BridgeSpec:
         """The bridge settings of ``service`` (with the --interval override)."""
         knobs = self.options.knobs or bridge_settings(self.services(service))
         if self.options.interval_s is not None:
@@ -265,7 +262,7 @@ class BridgeController:
 
     # ---- the tick
 
-    def _state_of(self, svc: Any, knobs: BridgeSettings) -> _ServiceState:
+    def _state_of(self, svc: Any, knobs: BridgeSpec) -> _ServiceState:
         if svc.name not in self._state:
             lease = Lease(
                 self.api,

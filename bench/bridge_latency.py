@@ -45,8 +45,8 @@ from kubeapi.cluster import Node
 from kubeapi.harness import RBAC, FakeHarness
 
 from actuator import pods as P
-from actuator.bridge import BridgeSettings
 from actuator.kube import KubeApi
+from actuator.spec import BridgeSpec
 from planner.plan import Plan, PlanStep
 from surgecast.live.artifacts import ArtifactStore
 from surgecast.live.bridge import BridgeOptions, run_bridge
@@ -181,7 +181,7 @@ def measure(work: Path, interval_s: float, trials: int, window_s: float, scrape_
                            "max_cores": 16},
             }],
         )
-        knobs = BridgeSettings(interval_s=interval_s, signal_window_s=window_s,
+        knobs = BridgeSpec(interval_s=interval_s, signal_window_s=window_s,
                                scale_down_after_s=3600)
         options = BridgeOptions(knobs=knobs, identity=f"bench-{interval_s:g}")
         loop = threading.Thread(

@@ -561,19 +561,10 @@ def plan(
     """
     import json
 
-    from planner.policy import PolicySettings
     from surgecast.offline.stages import check_output_file, parse_utc, write_text_atomic
-    from surgecast.planning import (
-        decide,
-        load_profile,
-        parse_counts,
-        plan_from_forecast,
-        read_forecast_json,
-    )
+    from surgecast.planning import plan_stage
 
     if forecast_file is None:
-        if rps is None:
-            raise _fail("--rps: give the load to size for, or a --forecast file")
         for flag, value in (
             ("--out", out),
             ("--last-scale-up-at", last_scale_up_at),
@@ -581,87 +572,42 @@ def plan(
         ):
             if value is not None:
                 raise _fail(f"{flag}: only with --forecast (a plan ahead)")
-    if max_replicas is not None and max_replicas < min_replicas:
-        raise _fail(f"--max-replicas: {max_replicas} is below --min-replicas {min_replicas}")
-    bound = MAX_REPLICAS if max_replicas is None else max_replicas
     _name(service, "--service", label=True)
     _check_files((check_output_file, out, "--out", {}))
     try:
         if last_scale_up_at is not None:
-            parse_utc(last_scale_up_at, "--last-scale-up-at")
-        pipeline = load_profile(profile, max_cores=max_cores, max_batch=max_batch)
-        stages = len(pipeline.stages)
-        limits = ((replicas, "--replicas", MAX_REPLICAS), (cores, "--cores", MAX_CORES))
-        counts = [parse_counts(value, stages, name, high) for value, name, high in limits]
-        counts.append(parse_counts(batch, stages, "--batch", MAX_BATCH))
-        if forecast_file is None:
-            result = decide(
-                pipeline,
-                rps,
-                slo_ms,
-                replicas=counts[0],
-                cores=counts[1],
-                batch=counts[2],
-                max_replicas=bound,
-            )
-            _print_decisions(pipeline, result, rps, slo_ms)
-            infeasible = [
-                label
-                for label, d in (("horizontal", result.horizontal), ("vertical", result.vertical))
-                if not d.feasible
-            ]
-            if infeasible:
-                raise _fail(
-                    f"INFEASIBLE: no {' or '.join(infeasible)} decision meets the "
-                    f"{slo_ms:g} ms SLO at {rps:g} rps within the bounds",
-                    code=1,
-                )
-            return
-        # The service spec's one name rule, and its timings' defaults.
-        from actuator.spec import DEFAULTS, DNS_LABEL
-
-        name = service or pipeline.name
-        if not DNS_LABEL.match(name):
-            raise _fail(
-                f"--service: the profile's name {name!r} is not a valid Kubernetes name "
-                "(DNS-1123 label); give --service"
-            )
-        settings = PolicySettings(
-            slo_ms=slo_ms,
-            cold_start_s=DEFAULTS.cold_start_s if cold_start_s is None else cold_start_s,
-            resize_s=DEFAULTS.resize_s if resize_s is None else resize_s,
-            stabilisation_s=(
-                DEFAULTS.stabilisation_s if stabilisation_s is None else stabilisation_s
-            ),
-            min_replicas=min_replicas,
-            max_replicas=bound,
+            parse_utc(last_scale_up_at, "--last-scale-up-at")  # UTC only, as every time flag
+        outcome = plan_stage(
+            profile,
+            slo_ms,
+            rps=rps,
+            forecast_file=forecast_file,
+            replicas=replicas,
+            cores=cores,
+            batch=batch,
             quantile=quantile,
-        )
-        fc = read_forecast_json(forecast_file)
-        result_plan = plan_from_forecast(
-            name,
-            pipeline,
-            fc,
-            settings,
-            observed_rps=rps,
-            replicas=counts[0],
-            cores=counts[1],
-            batch=counts[2],
+            cold_start_s=cold_start_s,
+            resize_s=resize_s,
+            stabilisation_s=stabilisation_s,
             last_scale_up_at=last_scale_up_at,
+            min_replicas=min_replicas,
+            max_replicas=MAX_REPLICAS if max_replicas is None else max_replicas,
+            max_cores=max_cores,
+            max_batch=max_batch,
+            service=service,
+            limits=(MAX_REPLICAS, MAX_CORES, MAX_BATCH),
         )
     except BadInputError as exc:
         raise _fail(str(exc)) from None
-    _print_plan(result_plan)
-    if out is not None:
-        write_text_atomic(out, json.dumps(result_plan.to_dict(), indent=2) + "\n")
-        console.print(f"plan: {out}")
-    bad = [i for i, step in enumerate(result_plan.steps, start=1) if not step.feasible]
-    if bad:
-        raise _fail(
-            f"INFEASIBLE: plan step(s) {', '.join(map(str, bad))} cannot meet the "
-            f"{slo_ms:g} ms SLO within the bounds (see the reasons above)",
-            code=1,
-        )
+    if outcome.plan is None:
+        _print_decisions(outcome.pipeline, outcome.decisions, rps, slo_ms)
+    else:
+        _print_plan(outcome.plan)
+        if out is not None:
+            write_text_atomic(out, json.dumps(outcome.plan.to_dict(), indent=2) + "\n")
+            console.print(f"plan: {out}")
+    if outcome.infeasible:
+        raise _fail(outcome.infeasible, code=1)
 
 
 def _print_decisions(pipeline, result, rps: float, slo_ms: float) -> None:

@@ -306,6 +306,112 @@ def plan_from_forecast(
     )
 
 
+@dataclass(frozen=True)
+class PlanOutcome:
+    """What ``surgecast plan`` answers: the decisions for a load, or a timed plan for a
+    forecast; ``infeasible`` says why no answer meets the SLO within the bounds (None: all do).
+    """
+
+    pipeline: Pipeline
+    decisions: Decisions | None = None
+    plan: Plan | None = None
+    infeasible: str | None = None
+
+
+def plan_stage(
+    profile: str,
+    slo_ms: float,
+    *,
+    rps: float | None = None,
+    forecast_file: str | Path | None = None,
+    replicas: str | None = None,
+    cores: str | None = None,
+    batch: str | None = None,
+    quantile: float = 0.95,
+    cold_start_s: float | None = None,
+    resize_s: float | None = None,
+    stabilisation_s: float | None = None,
+    last_scale_up_at: str | None = None,
+    min_replicas: int = 1,
+    max_replicas: int = 1_000_000,
+    max_cores: int | None = None,
+    max_batch: int | None = None,
+    service: str | None = None,
+    limits: tuple[int, int, int] = (1_000_000, 1_000_000, 1_000_000),
+) -> PlanOutcome:
+    """The planner stage as ``surgecast plan`` runs it: the profile by file or name, the
+    current state from counts (``"3"`` or ``"3,2"``), then the two DPs for the load ``rps``,
+    or, with a ``forecast_file``, the two-stage plan ahead at ``quantile`` with the service
+    spec's timings where none are given. ``limits`` bound the replicas, cores and batch counts.
+
+    Raises:
+        BadInputError: a bad profile, forecast file, count, time or service name.
+    """
+    from actuator.spec import DEFAULTS, DNS_LABEL
+
+    if forecast_file is None and rps is None:
+        raise BadInputError("--rps: give the load to size for, or a --forecast file")
+    if max_replicas < min_replicas:
+        raise BadInputError(
+            f"--max-replicas: {max_replicas} is below --min-replicas {min_replicas}"
+        )
+    pipeline = load_profile(profile, max_cores=max_cores, max_batch=max_batch)
+    stages = len(pipeline.stages)
+    counts = [
+        parse_counts(value, stages, flag, high)
+        for value, flag, high in zip(
+            (replicas, cores, batch), ("--replicas", "--cores", "--batch"), limits, strict=True
+        )
+    ]
+    if forecast_file is None:
+        decisions = decide(
+            pipeline, rps, slo_ms, replicas=counts[0], cores=counts[1], batch=counts[2],
+            max_replicas=max_replicas,
+        )
+        infeasible = [
+            label
+            for label, d in (("horizontal", decisions.horizontal), ("vertical", decisions.vertical))
+            if not d.feasible
+        ]
+        why = None if not infeasible else (
+            f"INFEASIBLE: no {' or '.join(infeasible)} decision meets the {slo_ms:g} ms SLO at "
+            f"{rps:g} rps within the bounds"
+        )
+        return PlanOutcome(pipeline, decisions=decisions, infeasible=why)
+    name = service or pipeline.name
+    if not DNS_LABEL.match(name):  # the service spec's one name rule
+        raise BadInputError(
+            f"--service: the profile's name {name!r} is not a valid Kubernetes name "
+            "(DNS-1123 label); give --service"
+        )
+    settings = PolicySettings(
+        slo_ms=slo_ms,
+        cold_start_s=DEFAULTS.cold_start_s if cold_start_s is None else cold_start_s,
+        resize_s=DEFAULTS.resize_s if resize_s is None else resize_s,
+        stabilisation_s=DEFAULTS.stabilisation_s if stabilisation_s is None else stabilisation_s,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        quantile=quantile,
+    )
+    plan = plan_from_forecast(
+        name,
+        pipeline,
+        read_forecast_json(forecast_file),
+        settings,
+        observed_rps=rps,
+        replicas=counts[0],
+        cores=counts[1],
+        batch=counts[2],
+        last_scale_up_at=last_scale_up_at,
+    )
+    bad = [i for i, step in enumerate(plan.steps, start=1) if not step.feasible]
+    why = None if not bad else (
+        f"INFEASIBLE: plan step(s) {', '.join(map(str, bad))} cannot meet the {slo_ms:g} ms "
+        "SLO within the bounds (see the reasons above)"
+    )
+    return PlanOutcome(pipeline, plan=plan, infeasible=why)
+
+
 # --------------------------------------------------------------------------------------------
 # one pipeline cycle's plan: the live plan stage and the backtest call this, nothing else
 

@@ -515,13 +515,20 @@ _NOT_IN_DEFAULTS = ("name", "workloads", "deployment")
 """Keys that identify a service or what it owns: given once per service, never inherited."""
 
 
-def load_settings(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    resolve_secrets: bool = True,
+) -> Settings:
     """Read and validate a service config file; resolve secrets once.
 
     Args:
         path: the YAML file (at most :data:`MAX_CONFIG_BYTES`; no anchors or aliases).
         environ: where ``secret_env`` names are looked up (default ``os.environ``); the only
             place surgecast reads the environment.
+        resolve_secrets: False for what talks to no server (a backtest of the file's
+            services): the auth settings are validated, the secret is not read.
 
     Raises:
         SettingsError: one line naming the file, the service and the field.
@@ -554,7 +561,9 @@ def load_settings(path: str | Path, *, environ: Mapping[str, str] | None = None)
         raise SettingsError(f"{where}: not valid YAML{at}: {_one_line(problem)}") from None
     except RecursionError:
         raise SettingsError(f"{where}: not valid YAML: nested too deeply") from None
-    return settings_from_dict(data, source=where, base=file.parent, environ=environ)
+    return settings_from_dict(
+        data, source=where, base=file.parent, environ=environ, resolve_secrets=resolve_secrets
+    )
 
 
 def settings_from_dict(
@@ -563,6 +572,7 @@ def settings_from_dict(
     source: str = "<config>",
     base: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    resolve_secrets: bool = True,
 ) -> Settings:
     """Validate plain data (a parsed config) into :class:`Settings`.
 
@@ -570,7 +580,7 @@ def settings_from_dict(
         data: the parsed file.
         source: the file's name, for messages.
         base: folder relative paths (profiles, artifact root, secret files) are resolved in.
-        environ: see :func:`load_settings`.
+        environ, resolve_secrets: see :func:`load_settings`.
     """
     environ = os.environ if environ is None else environ
     base = Path(".") if base is None else base
@@ -585,7 +595,11 @@ def settings_from_dict(
         if k in Fleet.model_fields
     }
     fleet = parse(Fleet, fleet_data, source, context={"file": True})
-    prometheus = _with_secret(fleet.prometheus, base, environ, source)
+    prometheus = (
+        _with_secret(fleet.prometheus, base, environ, source)
+        if resolve_secrets
+        else fleet.prometheus
+    )
     try:
         artifacts = _resolve_root(fleet.artifacts, base)
         kubernetes = fleet.kubernetes

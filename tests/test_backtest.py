@@ -100,6 +100,22 @@ def test_surgecast_forecasts_read_nothing_after_their_origin():
         np.testing.assert_array_equal(a[q], b[q])
 
 
+def test_a_shared_forecaster_answers_an_origin_once_and_never_from_a_later_fit():
+    trace = synthetic_trace()
+    sim_start = START + pd.Timedelta(days=3)
+    seen = []
+    shared = ModelForecaster(
+        trace, sim_start, settings(refit_days=0.5), on_forecast=lambda t, q: seen.append(t)
+    )
+    late = shared(6 * 3600)
+    assert shared(6 * 3600) is late and len(seen) == 1  # the ablation's run: no second answer
+    early = shared(3600)  # before the fit: refitted on its own past, as a fresh one would be
+    fresh = ModelForecaster(trace, sim_start, settings(refit_days=0.5))(3600)
+    for q in fresh:
+        np.testing.assert_array_equal(early[q], fresh[q])
+    assert len(seen) == 2
+
+
 # -- the whole backtest -----------------------------------------------------------------------
 
 
@@ -118,8 +134,10 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
             "core_hours",
             "actions",
             "mean_utilisation",
+            "wall_seconds",
         }
         assert 0 <= row["violation_rate"] <= 1 and row["core_hours"] > 0
+        assert row["wall_seconds"] >= 0
     page = html.read_text()
     assert "<img" in page and "surgecast" in page and "static-peak" in page
 
@@ -300,6 +318,35 @@ def test_a_spec_whose_deployments_do_not_match_the_pipeline_is_refused(tmp_path)
     with pytest.raises(BadInputError, match=r"service resnet: 1 Deployment\(s\) for the 2 stage"):
         run_backtest(synthetic_trace(), video, settings(policies=("surgecast",)),
                      trace_name="synthetic", profile_name="video", spec=svc)
+
+
+def test_a_production_config_backtests_without_its_secrets(tmp_path):
+    """A backtest asks no server: the Prometheus secret a production file names (absent on a
+    laptop) is not read, while ``run`` still refuses the file without it."""
+    from typer.testing import CliRunner
+
+    from surgecast.cli import app
+    from surgecast.settings import load_settings
+
+    path = tmp_path / "services.yaml"
+    path.write_text(CONFIG.replace(
+        'prometheus: {url: "http://127.0.0.1:9090"}',
+        'prometheus:\n  url: "https://prometheus.example:9090"\n'
+        '  auth: {type: bearer, secret_file: /nonexistent/token}',
+    ))
+    with pytest.raises(BadInputError, match="secret_file: cannot read /nonexistent/token"):
+        load_settings(path)
+    assert load_settings(path, resolve_secrets=False).prometheus.auth.secret is None
+    csv = tmp_path / "trace.csv"
+    synthetic_trace().rename("rps").to_csv(csv, index_label="timestamp")
+    out = CliRunner().invoke(app, [
+        "backtest", str(csv), "--config", str(path), "--policies", "hpa",
+        "--start", (START + pd.Timedelta(days=3)).isoformat().replace("+00:00", "Z"),
+        "--end", (START + pd.Timedelta(days=3, hours=1)).isoformat().replace("+00:00", "Z"),
+        "--out", str(tmp_path / "out"),
+    ])
+    assert out.exit_code == 0, out.output
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["policies"]["hpa"]
 
 
 def test_service_without_config_is_one_line_and_exit_2():

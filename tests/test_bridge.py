@@ -14,7 +14,6 @@ from actuator.bridge import (
     DOWN,
     HOLD,
     UP,
-    BridgeSettings,
     Envelope,
     StageNow,
     bridge_settings,
@@ -24,6 +23,7 @@ from actuator.bridge import (
     held_by,
     need_cores,
 )
+from actuator.spec import BridgeSpec
 from planner.plan import Plan, PlanStep
 from planner.profiles import LatencyProfile
 
@@ -33,7 +33,7 @@ RESNET = LatencyProfile("resnet18", 28.08, 2.63, 6.81, 0.46, max_cores=16, max_b
                         memory_mb=1024)
 YOLO = LatencyProfile("yolov5n", 39.91, 7.78, 1.83, 0.45, max_cores=16, max_batch=8,
                       memory_mb=1024)
-S = BridgeSettings()
+S = BridgeSpec()
 
 
 def stage(cores: int, ready: int, *, profile=RESNET, batch: int = 1, allocated=None) -> StageNow:
@@ -128,12 +128,12 @@ def test_envelope_from_plan_and_without_one():
 
 
 def test_bridge_settings_are_the_specs_bridge_table():
-    assert bridge_settings(SimpleNamespace()) == BridgeSettings()
-    table = BridgeSettings(interval_s=2.0, signal_window_s=10.0, scale_down_after_s=0.0,
+    assert bridge_settings(SimpleNamespace()) == BridgeSpec()
+    table = BridgeSpec(interval_s=2.0, signal_window_s=10.0, scale_down_after_s=0.0,
                            max_cores=4, enabled=False)
     assert bridge_settings(SimpleNamespace(bridge=table)) is table
     with pytest.raises(ValueError, match=r"interval_s"):
-        BridgeSettings(interval_s=0.1)
+        BridgeSpec(interval_s=0.1)
 
 
 def test_held_by_reads_a_lease():
@@ -186,7 +186,7 @@ def test_property_monotone_in_load(s, e, a, b, peak, since_up):
 def test_property_no_down_move_within_scale_down_after_s_of_an_up_move(loads, ready, wait,
                                                                         every):
     """A controller loop on the pure decision: the pods follow each decision at once."""
-    knobs = BridgeSettings(interval_s=every, scale_down_after_s=wait)
+    knobs = BridgeSpec(interval_s=every, scale_down_after_s=wait)
     e = Envelope((1,), (16,), "prop")
     cores, last_up, window = 1, None, deque()
     for k, rps in enumerate(loads):

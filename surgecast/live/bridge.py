@@ -180,8 +180,7 @@ def controller_for(
         api if api is not None else kube_api(settings),
         records_root=records_root if records_root is not None else actuator_dir(settings),
         signal=PrometheusSignal(
-            source if source is not None else PrometheusSource(settings.prometheus),
-            options.signal_deadline_s,
+            source if source is not None else PrometheusSource(settings.prometheus)
         ),
         plans=StorePlans(store if store is not None else store_for(settings)),
         model=service_model(settings),

@@ -26,7 +26,6 @@ goes through every step but the last and answers what the write would have.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import uuid
@@ -36,7 +35,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from surgecast.offline.cluster import ClusterModel, qos_class
+from surgecast.offline.cluster import ClusterModel, clone, qos_class
 from surgecast.offline.patch import PatchError, apply_patch, go_value
 
 ROUTES = [
@@ -239,7 +238,7 @@ class ApiHandlers:
                     "apiVersion": api_version,
                     "kind": f"{kind}List",
                     "metadata": {"resourceVersion": str(getattr(c, "_rv", 0))},
-                    "items": copy.deepcopy(items),
+                    "items": clone(items),
                 }
             if req.verb == "create":
                 return self._create(req, query, raw)
@@ -283,7 +282,7 @@ class ApiHandlers:
                     ),
                 },
             }
-        return copy.deepcopy(obj)
+        return clone(obj)
 
     def _dry_run(self, query: dict) -> bool:
         dry = query.get("dryRun")
@@ -350,7 +349,7 @@ class ApiHandlers:
 
     def _merge_back(self, req: Request, obj: dict, patched: dict) -> dict:
         """Validate the patched view (422) and turn it into the stored object."""
-        new = copy.deepcopy(obj)
+        new = clone(obj)
         spec = patched.get("spec") or {}
         if req.subresource == "scale":
             _raise_invalid(req, _nonnegative("spec.replicas", spec.get("replicas")))
@@ -376,7 +375,7 @@ class ApiHandlers:
     def _replace_content(self, req: Request, obj: dict, body: dict) -> dict:
         """Leases and ConfigMaps: everything but the server-owned metadata comes from ``body``
         (ValidateObjectMetaUpdate keeps name, namespace, uid and creationTimestamp)."""
-        new = copy.deepcopy(body)
+        new = clone(body)
         meta = new.setdefault("metadata", {})
         for key in ("name", "namespace", "uid", "creationTimestamp", "resourceVersion"):
             if key in obj["metadata"]:
@@ -414,7 +413,7 @@ class ApiHandlers:
         if qos_class(after) != qos_class(before):
             _raise_invalid(req, [("spec", "Invalid", qos_class(after),
                                   "Pod QOS Class may not change as a result of resizing")])
-        new = copy.deepcopy(obj)
+        new = clone(obj)
         new["spec"] = after
         return new
 
@@ -509,7 +508,7 @@ class ApiHandlers:
             return 201, body
         stored = self.cluster.put(req.resource, body)
         _drop_generation(req.resource, stored)
-        return 201, copy.deepcopy(stored)
+        return 201, clone(stored)
 
     def _update(self, req: Request, query: dict, raw: bytes, obj: dict):
         """PUT (registry/generic/registry/store.go ``Update``): the whole object; its
@@ -532,7 +531,7 @@ class ApiHandlers:
             return 200, new
         stored = self.cluster.put(req.resource, new)
         _drop_generation(req.resource, stored)
-        return 200, copy.deepcopy(stored)
+        return 200, clone(stored)
 
     def _delete(self, req: Request, query: dict, raw: bytes, obj: dict):
         """DELETE with optional DeleteOptions preconditions (uid, resourceVersion: 409 when

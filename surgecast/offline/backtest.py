@@ -185,6 +185,9 @@ class BacktestResult:
     seconds: float = 0.0
     bounds: dict = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    run_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each policy's run; the forecasts, shared by surgecast and its no-bridge
+    ablation, are paid by whichever runs first."""
 
     def to_json(self) -> dict:
         settings = {
@@ -204,8 +207,12 @@ class BacktestResult:
             "settings": settings,
             "wall_seconds": round(self.seconds, 1),
             "policies": {
-                name: {**run.summary(), **({"notes": self.notes[name]} if name in self.notes
-                                           else {})}
+                name: {
+                    **run.summary(),
+                    **({"wall_seconds": round(self.run_seconds[name], 1)}
+                       if name in self.run_seconds else {}),
+                    **({"notes": self.notes[name]} if name in self.notes else {}),
+                }
                 for name, run in self.runs.items()
             },
         }
@@ -246,10 +253,17 @@ class ModelForecaster:
         self.fitted_at: pd.Timestamp | None = None
         self.on_forecast = on_forecast
         self.fallbacks = 0
+        self._answers: dict[int, dict[float, np.ndarray]] = {}
 
-    def __call__(self, now_s: int) -> np.ndarray:
+    def __call__(self, now_s: int) -> dict[float, np.ndarray]:
+        """The quantile forecasts at ``now_s``. An origin asked again (by an ablation's run)
+        gets the same answer without a second fit: it depends on the trace before it only."""
+        if now_s in self._answers:
+            return self._answers[now_s]
         now = self.sim_start + pd.Timedelta(seconds=now_s)
         refit = pd.Timedelta(days=self.settings.refit_days)
+        if self.fitted_at is not None and now < self.fitted_at:
+            self.model = None  # an earlier origin than the fit: refit on its own past only
         if self.model is None or now - self.fitted_at >= refit:
             train = self.history.loc[
                 now - pd.Timedelta(days=self.settings.train_days) : now - pd.Timedelta(minutes=1)
@@ -266,6 +280,7 @@ class ModelForecaster:
         quantiles = {float(q): forecast.quantiles[q].to_numpy() for q in forecast.quantiles}
         if self.on_forecast is not None:
             self.on_forecast(now, quantiles[self.settings.quantile])
+        self._answers[now_s] = quantiles
         return quantiles
 
 
@@ -423,12 +438,18 @@ def run_backtest(
         service_spec(ctx, hpa=True)  # refuse settings the service spec refuses, before any run
 
     forecasts: list[tuple[pd.Timestamp, np.ndarray]] = []
+    model_fc = ModelForecaster(
+        history, start, settings, on_forecast=lambda t, q: forecasts.append((t, q))
+    ) if needs_history else None
     runs: dict[str, SimulationResult] = {}
     notes: dict[str, str] = {}
+    run_seconds: dict[str, float] = {}
     for name in policies:
         report = None if progress is None else partial(progress, name, total=n_sec)
         tick = None if report is None else (lambda done, r=report: r(done))
-        runs[name], note = _run_on_model(name, ctx, forecasts, tick)
+        run_started = time.perf_counter()
+        runs[name], note = _run_on_model(name, ctx, model_fc, tick)
+        run_seconds[name] = time.perf_counter() - run_started
         if note:
             notes[name] = note
         if progress is not None:
@@ -444,6 +465,7 @@ def run_backtest(
         seconds=time.perf_counter() - started,
         bounds=asdict(bounds),
         notes=notes,
+        run_seconds=run_seconds,
     )
 
 
@@ -552,8 +574,9 @@ def _model(ctx: _Context, shapes: Sequence[StageConfig]) -> tuple[ClusterModel, 
     return model, ctx.port(model)
 
 
-def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:
-    """One policy on the cluster model: (result, note)."""
+def _run_on_model(name: str, ctx: _Context, model_fc: ModelForecaster | None, progress) -> tuple:
+    """One policy on the cluster model: (result, note). ``model_fc`` is the forecaster that
+    surgecast and its no-bridge ablation share."""
     s, pipeline, bounds = ctx.settings, ctx.pipeline, ctx.bounds
     names = deployment_names(pipeline)
     n_stages = len(pipeline.stages)
@@ -633,9 +656,6 @@ def _run_on_model(name: str, ctx: _Context, forecasts: list, progress) -> tuple:
                 oracle = OracleForecaster(ctx.counts, s.horizon_steps)
                 forecaster = _at(oracle, ctx.start)
             else:
-                model_fc = ModelForecaster(
-                    ctx.history, ctx.start, s, on_forecast=lambda t, q: forecasts.append((t, q))
-                )
                 forecaster = _at(model_fc, ctx.start)
             engine.controllers.append(
                 PipelineCycle(

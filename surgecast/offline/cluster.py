@@ -32,7 +32,6 @@ not depend on how coarsely it advances the clock.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -55,6 +54,18 @@ HPA_DOWNSCALE_STABILISATION_S = 300.0
 DEFAULT_GRACE_S = 30
 """``spec.terminationGracePeriodSeconds`` default (``pkg/apis/core/v1/defaults.go``)."""
 QUOTA_NAME = "compute-quota"
+
+
+def clone(obj):
+    """A deep copy of a JSON-like object (dicts, lists and immutable scalars), the only kind
+    the API stores; several times faster than ``copy.deepcopy``, which the model's every read
+    and write pays."""
+    kind = type(obj)
+    if kind is dict:
+        return {k: clone(v) for k, v in obj.items()}
+    if kind is list:
+        return [clone(v) for v in obj]
+    return obj
 
 
 class Clock:
@@ -256,6 +267,7 @@ class ClusterModel:
         self.replicasets: dict[tuple[str, str], ReplicaSet] = {}
         self.hpa_state: dict[tuple[str, str], HpaState] = {}
         self._rv = 1000
+        self._settled: tuple[float, int] | None = None
         self._serial = 0
         self._rng = random.Random(self.seed)
         self._now = self.clock.now
@@ -329,7 +341,7 @@ class ClusterModel:
             if state.node is None:
                 grace = 0  # never ran: nothing to stop (pkg/registry/core/pod/strategy.go)
             state.deleted_s, state.grace_s = self._now, float(grace)
-            new = copy.deepcopy(pod)
+            new = clone(pod)
             new["metadata"]["deletionTimestamp"] = iso_s(self._now + grace)
             new["metadata"]["deletionGracePeriodSeconds"] = int(grace)
             self.put("pods", new)
@@ -452,7 +464,7 @@ class ClusterModel:
             ],
         }
         if behavior is not None:
-            spec["behavior"] = copy.deepcopy(behavior)
+            spec["behavior"] = clone(behavior)
         obj = {
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
@@ -559,8 +571,11 @@ class ClusterModel:
                     break
                 self._now = min(due)
                 self._settle()
+            if target <= self._now and self._settled == (self._now, self._rv):
+                return  # nothing written and no time passed since the controllers settled
             self._now = max(self._now, target)
             self._settle()
+            self._settled = (self._now, self._rv)
 
     def next_due_s(self) -> float:
         """The next instant (epoch s) at which a controller has something to do (inf: none);
@@ -634,7 +649,7 @@ class ClusterModel:
         """
         ns, spec = hpa["metadata"]["namespace"], hpa["spec"]
         dep = self.get("deployments", ns, spec["scaleTargetRef"]["name"])
-        status = copy.deepcopy(hpa.get("status") or {})
+        status = clone(hpa.get("status") or {})
         if dep is None:
             _set_condition(status, "AbleToScale", "False", "FailedGetScale", self._now,
                            "the HPA controller was unable to get the target's current scale")
@@ -678,7 +693,7 @@ class ClusterModel:
                     )
             rescale = desired != current
         if rescale:
-            new = copy.deepcopy(dep)
+            new = clone(dep)
             new["spec"]["replicas"] = desired
             self.put("deployments", new)
             if spec.get("behavior") is not None:
@@ -852,7 +867,7 @@ class ClusterModel:
         new = self.replicasets.get((ns, f"{name}-{h}"))
         if new is None:
             self._serial += 1
-            new = ReplicaSet(ns, f"{name}-{h}", name, h, copy.deepcopy(template), 0, self._now,
+            new = ReplicaSet(ns, f"{name}-{h}", name, h, clone(template), 0, self._now,
                              self._serial, self.new_uid())
             self.replicasets[(ns, new.name)] = new
         old = sorted(
@@ -954,7 +969,7 @@ class ClusterModel:
         refuses it (the ResourceQuota admission plugin answers 403 Forbidden and the
         ReplicaSet records a FailedCreate Event)."""
         ns = rs.namespace
-        spec = copy.deepcopy(rs.template["spec"])
+        spec = clone(rs.template["spec"])
         spec.setdefault("terminationGracePeriodSeconds", DEFAULT_GRACE_S)
         request = sum(_container_cpu(c) for c in spec["containers"])
         room = self.quota_room_millicores(ns)
@@ -1001,7 +1016,7 @@ class ClusterModel:
         ev_name = f"{name}.{hashlib.sha256(reason.encode()).hexdigest()[:12]}"
         old = self.get("events", ns, ev_name)
         if old is not None:
-            new = copy.deepcopy(old)
+            new = clone(old)
             new.update(count=int(old.get("count", 1)) + 1, message=message,
                        lastTimestamp=iso_s(self._now))
             self.put("events", new)
@@ -1041,7 +1056,7 @@ class ClusterModel:
 
     def _put_status(self, resource: str, obj: dict, status: dict) -> None:
         if obj.get("status") != status:
-            new = copy.deepcopy(obj)
+            new = clone(obj)
             new["status"] = status
             self.put(resource, new)
 
@@ -1064,7 +1079,7 @@ class ClusterModel:
             if pod is None:
                 continue
             node = self._node_with_room(_desired(pod))
-            new = copy.deepcopy(pod)
+            new = clone(pod)
             if node is None:
                 _set_condition(
                     new["status"], "PodScheduled", "False", "Unschedulable", self._now,
@@ -1148,11 +1163,11 @@ class ClusterModel:
             and not (self.resize_errors or self.stuck_resizes or self.deferred)
         ):
             return  # nothing changed since a sync that changed nothing (the common case)
-        new = copy.deepcopy(pod)
+        new = clone(pod)
         status = new["status"]
         if state.allocated is None:  # admitted on the node: what it starts with
             state.allocated = {c["name"]: _resources(c) for c in new["spec"]["containers"]}
-            state.actual = copy.deepcopy(state.allocated)
+            state.actual = clone(state.allocated)
         status["phase"] = "Running"
         ready = state.deleted_s is None and now >= state.scheduled_s + self.start_delay_s
         _set_condition(status, "Ready", "True" if ready else "False", None, now)
@@ -1176,7 +1191,7 @@ class ClusterModel:
         for cs in status["containerStatuses"]:
             cs["ready"] = ready
             cs["allocatedResources"] = dict(state.allocated[cs["name"]].get("requests") or {})
-            cs["resources"] = copy.deepcopy(state.actual[cs["name"]])
+            cs["resources"] = clone(state.actual[cs["name"]])
         if new != pod:
             self.put("pods", new)
         elif (
@@ -1234,7 +1249,7 @@ class ClusterModel:
             state.resize_started_s = now
         stuck = self._injected(self.stuck_resizes, name, node.name)
         if not stuck and now >= state.resize_started_s + self.resize_delay_s:
-            state.actual = copy.deepcopy(state.allocated)
+            state.actual = clone(state.allocated)
             state.resize_started_s = None
             _drop_condition(status, "PodResizeInProgress")
             return
@@ -1337,7 +1352,7 @@ def _target_utilisation(hpa: dict) -> float:
 
 
 def _resources(container: dict) -> dict:
-    res = copy.deepcopy(container.get("resources") or {})
+    res = clone(container.get("resources") or {})
     return {"requests": res.get("requests") or {}, "limits": res.get("limits") or {}}
 
 

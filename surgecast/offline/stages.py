@@ -464,7 +464,7 @@ def backtest_trace(
     settings = settings or BacktestSettings()
     spec = None
     if config is not None:
-        fleet = load_settings(config)
+        fleet = load_settings(config, resolve_secrets=False)  # a backtest asks no server
         if service is None and len(fleet.services) != 1:
             raise BadInputError(
                 f"--service: {config} has {len(fleet.services)} services "
