@@ -26,3 +26,13 @@ class BadInputError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(_LINE_BREAKS.sub(" ", str(message)).strip())
+
+
+def first_problem(exc, whole: str = "document") -> str:
+    """A pydantic ``ValidationError`` as one line: where its first problem is (dotted path;
+    ``whole`` for the document itself), what it is, and how many problems there are."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or whole
+    count = exc.error_count()
+    more = f" ({count} problem(s))" if count > 1 else ""
+    return f"{where}: {first['msg']}{more}"

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from forecasting.errors import first_problem
 from forecasting.models import (
     LAGS,
     MODELS,
@@ -240,11 +241,7 @@ def _parse_doc(doc: Any) -> StateDoc:
     try:
         return StateDoc.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "document"
-        raise ModelStateError(
-            f"{STATE_FILE}: {where}: {first['msg']} ({exc.error_count()} problem(s))"
-        ) from None
+        raise ModelStateError(f"{STATE_FILE}: {first_problem(exc)}") from None
 
 
 def load_state(state: ModelState) -> Forecaster:

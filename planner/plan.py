@@ -49,24 +49,43 @@ STAGE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
 """A stage name: a profile's name (letters, digits, '-', '_', '.'; no path separators)."""
 
 
-def utc_timestamp(value: Any, what: str) -> pd.Timestamp:
-    """A tz-aware UTC ``pd.Timestamp`` from a timestamp, datetime or ISO string.
+def utc_timestamp(value: Any, what: str, *, utc_only: bool = False) -> pd.Timestamp:
+    """A tz-aware UTC ``pd.Timestamp`` from a timestamp, datetime or ISO 8601 string: the one
+    parser of times that come from outside (flags, plan files, forecast files).
+
+    Args:
+        value: the time.
+        what: the input's name for the message, e.g. ``--at``.
+        utc_only: refuse any offset but UTC (``Z`` or ``+00:00``), as command-line flags do;
+            otherwise a time in another zone is converted.
 
     Raises:
-        PlannerInputError: unparseable, or without a time zone.
+        PlannerInputError: unparseable (words such as ``now`` too: pandas would read the wall
+            clock), without a time zone, not UTC when ``utc_only``, or outside
+            [``EARLIEST``, ``LATEST``).
     """
     try:
+        if isinstance(value, str):
+            if not any(ch.isdigit() for ch in value):
+                raise ValueError(value)
+            value = value.strip()
         ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise PlannerInputError(f"{what}: not a timestamp: {value!r} ({exc})") from None
-    if ts is pd.NaT:
-        raise PlannerInputError(f"{what}: not a timestamp: {value!r}")
+    except (TypeError, ValueError, OverflowError):
+        raise PlannerInputError(
+            f"{what}: cannot parse {value!r} as an ISO 8601 timestamp"
+        ) from None
+    if pd.isna(ts):
+        raise PlannerInputError(f"{what}: {value!r} is not a timestamp")
     if ts.tzinfo is None:
-        raise PlannerInputError(f"{what}: {value!r} has no time zone; give UTC, e.g. ...Z")
+        raise PlannerInputError(
+            f"{what}: {value!r} has no time zone; give it in UTC, e.g. {value}Z"
+        )
+    if utc_only and ts.utcoffset() != pd.Timedelta(0):
+        raise PlannerInputError(f"{what}: {value!r} is not UTC (offset {ts.utcoffset()})")
     ts = ts.tz_convert("UTC")
     if not EARLIEST <= ts < LATEST:
         raise PlannerInputError(
-            f"{what}: {value!r} is outside the years {EARLIEST.year}..{LATEST.year - 1}"
+            f"{what}: {value!r} is outside {EARLIEST.year}..{LATEST.year - 1}"
         )
     return ts
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from forecasting.errors import BadInputError
+from forecasting.errors import BadInputError, first_problem
 from planner.dp import Decision, StageConfig, assess, horizontal, vertical
 from planner.errors import PlannerInputError
 from planner.plan import Plan, utc_timestamp
@@ -142,9 +142,7 @@ def read_forecast_json(path: str | Path) -> ForecastLoad:
     try:
         parsed = _ForecastFile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "file"
-        raise BadInputError(f"{path}: {where}: {first['msg']}") from None
+        raise BadInputError(f"{path}: {first_problem(exc, 'file')}") from None
     try:
         cutoff = utc_timestamp(parsed.cutoff, f"{path}: cutoff")
         ds = tuple(utc_timestamp(t, f"{path}: ds") for t in parsed.ds)

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from forecasting.errors import first_problem
 from forecasting.model_state import (
     FILE_NAME,
     ModelStateError,
@@ -143,11 +144,7 @@ def _parse_meta(data: bytes) -> ModelMeta:
     try:
         return ModelMeta.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "document"
-        raise StoredModelError(
-            f"metadata {where}: {first['msg']} ({exc.error_count()} problem(s))"
-        ) from None
+        raise StoredModelError(f"metadata {first_problem(exc)}") from None
 
 
 def matches(meta: ModelMeta, svc: ServiceSettings) -> bool:

@@ -17,6 +17,7 @@ import pandas as pd
 import surgecast
 from forecasting.cleaning import format_step, format_time, infer_step, resample_mean
 from forecasting.errors import BadInputError
+from planner.plan import EARLIEST, LATEST
 
 DEFAULT_TRACE = "twitter_1min.csv"
 """The bundled trace used when none is named: Twitter sample stream, 1-min means, 22 days."""
@@ -39,11 +40,6 @@ MAX_GRID_POINTS = 50_000_000
 
 MAX_CSV_BYTES = 512 * 1024 * 1024
 """Largest trace file read (512 MiB; a year of 1-minute rows is ~20 MB, of 10 s rows ~120 MB)."""
-
-EARLIEST = pd.Timestamp("1970-01-01T00:00:00Z")
-LATEST = pd.Timestamp("2200-01-01T00:00:00Z")
-"""Timestamps outside [EARLIEST, LATEST) are refused: a year 9999 is a typo, and would overflow
-pandas' nanosecond timestamps (they end in 2262)."""
 
 
 def load_rps_csv(path: str | Path, *, step: str | pd.Timedelta | None = None) -> pd.Series:

@@ -14,6 +14,7 @@ import pandas as pd
 from forecasting.cleaning import clean_window
 from forecasting.decomposition import BACKENDS, Decomposition, decompose, warm_up
 from forecasting.errors import BadInputError
+from planner.plan import utc_timestamp
 from surgecast.offline.sources import DEFAULT_TRACE, bundled_trace, load_rps_csv
 
 
@@ -35,46 +36,14 @@ def resolve_trace(trace: str | Path | None) -> Path:
     return bundled_trace(str(trace))
 
 
-EARLIEST_TIME = pd.Timestamp("1970-01-01T00:00:00Z")
-"""Times before the Unix epoch are refused: no RPS history or plan predates it."""
-
-LATEST_TIME = pd.Timestamp("2200-01-01T00:00:00Z")
-"""Times from here on are refused: a typo such as year 9999 would otherwise overflow the
-nanosecond timestamps pandas computes with (they end in 2262)."""
-
-
 def parse_utc(text: str, what: str) -> pd.Timestamp:
-    """An ISO 8601 timestamp with an explicit UTC offset ('Z' or +00:00).
-
-    Args:
-        text: the timestamp text, e.g. ``2024-01-08T07:30:00Z``.
-        what: the input's name for the message, e.g. ``--at``.
-
-    Returns:
-        A tz-aware UTC timestamp in [``EARLIEST_TIME``, ``LATEST_TIME``).
+    """An ISO 8601 time flag with an explicit UTC offset (``Z`` or ``+00:00``), e.g.
+    ``2024-01-08T07:30:00Z``: :func:`planner.plan.utc_timestamp` with ``utc_only``.
 
     Raises:
         BadInputError: unparseable, NaT (``nan``, empty), naive, not UTC, or out of range.
     """
-    try:
-        if not any(ch.isdigit() for ch in str(text)):
-            # pandas reads 'now' and 'today' as the wall clock: not a reproducible input
-            raise ValueError(text)
-        ts = pd.Timestamp(str(text).strip())
-    except (ValueError, TypeError, OverflowError):
-        raise BadInputError(f"{what}: cannot parse {text!r} as an ISO 8601 timestamp") from None
-    if pd.isna(ts):
-        raise BadInputError(f"{what}: {text!r} is not a timestamp")
-    if ts.tzinfo is None:
-        raise BadInputError(f"{what}: {text!r} has no time zone; give it in UTC, e.g. {text}Z")
-    if ts.utcoffset() != pd.Timedelta(0):
-        raise BadInputError(f"{what}: {text!r} is not UTC (offset {ts.utcoffset()})")
-    ts = ts.tz_convert("UTC")
-    if not EARLIEST_TIME <= ts < LATEST_TIME:
-        raise BadInputError(
-            f"{what}: {text!r} is outside {EARLIEST_TIME.year}..{LATEST_TIME.year - 1}"
-        )
-    return ts
+    return utc_timestamp(text, what, utc_only=True)
 
 
 # --------------------------------------------------------------------------------------------
