@@ -345,7 +345,12 @@ def api_client_for(
     host: str | None = None,
 ) -> k8s.ApiClient:
     """An ``ApiClient`` from a kubeconfig file (or the in-cluster service account), or a plain
-    ``host`` URL (tests). urllib3's own retries are off: :func:`converge` owns every retry.
+    ``host`` URL (tests). urllib3's own retries (the client's ``Configuration.retries``) are
+    off: :func:`converge` owns every retry, because (1) a 409 must be retried on a fresh read
+    with a new patch, which a transport-level retry cannot do; (2) a timed-out PATCH may have
+    landed, so it is re-read, not re-sent; (3) its waits go through the injected ``sleep``, so
+    the backtest and the tests run them on their clock, while urllib3 sleeps on the wall
+    clock; (4) every retry, whatever its cause, is counted in the decision record.
 
     Raises:
         ActuatorInputError: no usable configuration (one line).
