@@ -145,7 +145,7 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
 def test_the_peak_provisioned_cluster_is_the_cost_ceiling_and_meets_the_slo(result):
     s = {name: run.summary() for name, run in result.runs.items()}
     assert s["static-peak"]["violation_rate"] < 0.001
-    for name in ("hpa", "themis", "surgecast", "oracle"):
+    for name in ("hpa", "themis", "surgecast", "perfect-forecast"):
         assert s[name]["core_hours"] < s["static-peak"]["core_hours"], name
 
 
@@ -154,7 +154,7 @@ def test_proactive_scaling_beats_the_hpa_on_repeated_surges(result):
     # so the forecast sees them coming and the pipeline starts replicas a cold start early.
     s = {name: run.summary() for name, run in result.runs.items()}
     assert s["surgecast"]["violations"] * 10 <= s["hpa"]["violations"]
-    assert s["oracle"]["violations"] <= s["hpa"]["violations"]
+    assert s["perfect-forecast"]["violations"] <= s["hpa"]["violations"]
 
 
 def test_the_ablation_rows_stand_beside_the_headline_and_say_what_they_are(result, tmp_path):

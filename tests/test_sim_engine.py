@@ -140,7 +140,7 @@ def test_the_pipeline_cycle_runs_the_real_actuator_through_the_port(tmp_path):
         means = ahead.reshape(15, 60).mean(axis=1)
         return {0.95: means, 0.99: means}
 
-    cycle = PipelineCycle("oracle", engine, port, spec.actuator_config(SERVICE), TOY,
+    cycle = PipelineCycle("perfect-forecast", engine, port, spec.actuator_config(SERVICE), TOY,
                           svc.policy(), truth, batch=(4,), artifacts=tmp_path)
     engine.controllers.append(cycle)
     result = engine.run()

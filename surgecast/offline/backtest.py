@@ -61,7 +61,7 @@ POLICIES: tuple[str, ...] = (
     "surgecast",
     "surgecast-no-bridge",
     "surgecast-no-forecast",
-    "oracle",
+    "perfect-forecast",
     "static-peak",
 )
 """Every policy a backtest can run, in report order."""
@@ -284,7 +284,7 @@ class ModelForecaster:
         return quantiles
 
 
-class OracleForecaster:
+class PerfectForecaster:
     """The true future minute means: what a perfect forecast would say."""
 
     def __init__(self, counts: np.ndarray, horizon_steps: int) -> None:
@@ -652,9 +652,9 @@ def _run_on_model(name: str, ctx: _Context, model_fc: ModelForecaster | None, pr
             note = "the HPA above the spec's floor and the bridge, without the pipeline"
         else:
             svc = spec.service(SERVICE)
-            if name == "oracle":
-                oracle = OracleForecaster(ctx.counts, s.horizon_steps)
-                forecaster = _at(oracle, ctx.start)
+            if name == "perfect-forecast":
+                perfect = PerfectForecaster(ctx.counts, s.horizon_steps)
+                forecaster = _at(perfect, ctx.start)
             else:
                 forecaster = _at(model_fc, ctx.start)
             engine.controllers.append(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from surgecast.offline.backtest import ABLATIONS
 from surgecast.offline.report import _CSS, _img, _new_figure, _png_bytes, _settings_html
 from surgecast.offline.simulator import per_minute
 
@@ -26,7 +27,7 @@ _COLOURS = {
     "surgecast": "#1f77b4",
     "surgecast-no-bridge": "#17becf",
     "surgecast-no-forecast": "#bcbd22",
-    "oracle": "#2ca02c",
+    "perfect-forecast": "#2ca02c",
     "static-peak": "#7f7f7f",
 }
 
@@ -132,22 +133,22 @@ def _summary_table(result: BacktestResult) -> str:
             html.escape(result.notes.get(name, "")),
         ]
         # The ablations sit right under the headline row, indented, so they read beside it.
-        label = f"&nbsp;&nbsp;↳ {html.escape(name)}" if name in _ABLATIONS else html.escape(name)
+        label = f"&nbsp;&nbsp;↳ {html.escape(name)}" if name in ABLATIONS else html.escape(name)
         rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-_ABLATIONS = ("surgecast-no-bridge", "surgecast-no-forecast")
 
 
 def verdict(result: BacktestResult) -> str:
-    """Plain sentences: how surgecast compares with hpa, themis and the oracle."""
+    """Plain sentences: how surgecast compares with hpa, themis and surgecast fed the true
+    future (perfect-forecast)."""
     s = {name: run.summary() for name, run in result.runs.items()}
     if "surgecast" not in s:
         return "surgecast was not among the policies run."
     ours = s["surgecast"]
     parts = []
-    for other in ("hpa", "themis", "oracle"):
+    for other in ("hpa", "themis", "perfect-forecast"):
         if other not in s:
             continue
         theirs = s[other]
@@ -169,7 +170,7 @@ def verdict(result: BacktestResult) -> str:
     ablations = [
         f"{name}: {s[name]['violations']:,} requests over the SLO, "
         f"{s[name]['core_hours']:.1f} core-hours"
-        for name in _ABLATIONS
+        for name in ABLATIONS
         if name in s
     ]
     if ablations:

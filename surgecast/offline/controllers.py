@@ -59,7 +59,8 @@ class PipelineCycle:
         config: the service as the actuator reads it (``Settings.actuator_config``).
         pipeline: the stages' profiles.
         policy: the planner's settings for the service (``ServiceSettings.policy``).
-        forecaster: quantile loads at a time (leak-free, or the true future for the oracle).
+        forecaster: quantile loads at a time (leak-free; the true future in the
+            perfect-forecast run).
         batch: per stage, the batch size the state is read with when the Deployment sets none.
         step_s: the forecast step (s).
         offset_s: seconds after the start of the first run (a complete minute observed).
