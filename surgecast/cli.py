@@ -834,6 +834,19 @@ def backtest(
             f"{100 * row['mean_utilisation']:.0f} %",
         )
     console.print(table)
+    bound = summary.get("lower_bound")
+    if bound:
+        ratios = ", ".join(
+            f"{name} {row['core_hours_vs_lower_bound']:.2f}×"
+            for name, row in summary["policies"].items()
+            if name.startswith("surgecast") and "core_hours_vs_lower_bound" in row
+        )
+        console.print(
+            f"lower bound: {bound['core_hours']:.1f} core-hours (the optimal shape every second, "
+            f"no cold start){'; ' + ratios if ratios else ''}",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"{run.seconds:.0f} s; report: {run.report_html}; results: {run.results_json}")
 
 

@@ -125,6 +125,7 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
     data = json.loads(js.read_text())
     assert data["trace"] == "synthetic" and data["profile"] == "resnet18"
     assert data["slo_ms"] == 750.0 and data["seconds_simulated"] == 6 * 3600
+    assert 0 < data["lower_bound"]["core_hours"] <= data["policies"]["static-peak"]["core_hours"]
     for row in data["policies"].values():
         assert set(row) - {"notes"} == {
             "requests",
@@ -135,6 +136,7 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
             "actions",
             "mean_utilisation",
             "wall_seconds",
+            "core_hours_vs_lower_bound",
         }
         assert 0 <= row["violation_rate"] <= 1 and row["core_hours"] > 0
         assert row["wall_seconds"] >= 0

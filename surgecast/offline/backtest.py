@@ -40,6 +40,7 @@ from forecasting.errors import BadInputError
 from forecasting.models import CeemdanHybrid
 from planner.dp import StageConfig, horizontal
 from planner.profiles import Pipeline
+from surgecast.offline.bound import LowerBound, lower_bound
 from surgecast.offline.bridge import SCRAPE_S, bridge_factory
 from surgecast.offline.cluster import Clock, ClusterModel, Node
 from surgecast.offline.controllers import PipelineCycle, ThemisController, VpaController
@@ -185,6 +186,8 @@ class BacktestResult:
     seconds: float = 0.0
     bounds: dict = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    bound: LowerBound | None = None
+    """The lower bound on core-hours for the span (:mod:`surgecast.offline.bound`)."""
     run_seconds: dict[str, float] = field(default_factory=dict)
     """Wall time of each policy's run; the forecasts, shared by surgecast and its no-bridge
     ablation, are paid by whichever runs first."""
@@ -206,9 +209,13 @@ class BacktestResult:
             "bounds": self.bounds,
             "settings": settings,
             "wall_seconds": round(self.seconds, 1),
+            **({"lower_bound": self.bound.to_json()} if self.bound is not None else {}),
             "policies": {
                 name: {
                     **run.summary(),
+                    **({"core_hours_vs_lower_bound": round(
+                        run.summary()["core_hours"] / self.bound.core_hours, 3
+                    )} if self.bound is not None and self.bound.core_hours > 0 else {}),
                     **({"wall_seconds": round(self.run_seconds[name], 1)}
                        if name in self.run_seconds else {}),
                     **({"notes": self.notes[name]} if name in self.notes else {}),
@@ -465,6 +472,7 @@ def run_backtest(
         seconds=time.perf_counter() - started,
         bounds=asdict(bounds),
         notes=notes,
+        bound=lower_bound(counts, pipeline, settings.slo_ms, max_replicas=bounds.max_replicas),
         run_seconds=run_seconds,
     )
 

@@ -135,6 +135,13 @@ def _summary_table(result: BacktestResult) -> str:
         # The ablations sit right under the headline row, indented, so they read beside it.
         label = f"&nbsp;&nbsp;↳ {html.escape(name)}" if name in ABLATIONS else html.escape(name)
         rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if result.bound is not None:  # a bound, not a policy: only its cost
+        rows.append(
+            "<tr><td><i>lower bound</i></td>" + "<td></td>" * 4
+            + f"<td>{result.bound.core_hours:.1f}</td>" + "<td></td>" * 2
+            + "<td>the optimal shape every second, no cold start: no policy that meets the SLO "
+            "spends less</td></tr>"
+        )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
