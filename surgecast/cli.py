@@ -734,6 +734,16 @@ def backtest(
     seed: Annotated[
         int, typer.Option(parser=_int(0, MAX_SEED), help="Seed of the arrivals and the model.")
     ] = 0,
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help="Stress scenario reshaping the trace, history included: flash-crowd, "
+            "event-then-quiet, slow-ramp or x3 (see the README)."
+        ),
+    ] = None,
+    scenario_seed: Annotated[
+        int, typer.Option(parser=_int(0, MAX_SEED), help="Seed of the scenario.")
+    ] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/backtest"),
     config: Annotated[
         Path | None,
@@ -751,9 +761,12 @@ def backtest(
 
     from forecasting.models import MODELS
     from surgecast.offline.backtest import POLICIES, BacktestSettings
+    from surgecast.offline.scenarios import SCENARIOS
     from surgecast.offline.stages import backtest_trace, check_output_dir
 
     names = tuple(_names(policies, "--policies", list(POLICIES)))
+    if scenario is not None and scenario not in SCENARIOS:
+        raise _fail(f"--scenario: unknown {scenario!r}; choose from {', '.join(SCENARIOS)}")
     if model not in MODELS:
         raise _fail(f"--model: unknown {model!r}; choose from {', '.join(MODELS)}")
     for flag, value in (("--quantile", quantile), ("--surge-quantile", surge_quantile)):
@@ -773,6 +786,8 @@ def backtest(
         resize_s=resize_s,
         stabilisation_s=stabilisation_s,
         rps_scale=rps_scale,
+        scenario=scenario,
+        scenario_seed=scenario_seed,
         hpa_target_above_plan=hpa_target,
         max_replicas=max_replicas,
         max_cores=max_cores,
@@ -834,6 +849,8 @@ def backtest(
             f"{100 * row['mean_utilisation']:.0f} %",
         )
     console.print(table)
+    if summary.get("scenario"):
+        console.print(f"scenario: {summary['scenario']}", highlight=False, soft_wrap=True)
     bound = summary.get("lower_bound")
     if bound:
         ratios = ", ".join(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from surgecast.offline.cluster import Clock, ClusterModel, Node
 from surgecast.offline.controllers import PipelineCycle, ThemisController, VpaController
 from surgecast.offline.engine import Controller, Engine, StageBinding
 from surgecast.offline.port import SimPort
+from surgecast.offline.scenarios import apply_scenario
 from surgecast.offline.simulator import (
     SimulationResult,
     per_minute,
@@ -104,6 +105,9 @@ class BacktestSettings:
         signal_scrape_s: scrape interval of the simulated Prometheus the bridge's fast signal
             comes from (s).
         rps_scale: multiplies the trace's rate.
+        scenario: a stress scenario reshaping the arrivals, history included
+            (:data:`surgecast.offline.scenarios.SCENARIOS`); None: the trace as is.
+        scenario_seed: the scenario's seed (when and how high a flash crowd goes).
         max_replicas, max_cores: bounds; None = what the profile needs at the trace's peak.
         seed: seed of the arrivals and of the model.
     """
@@ -125,6 +129,8 @@ class BacktestSettings:
     hpa_target_above_plan: float = 0.9
     signal_scrape_s: float = SCRAPE_S
     rps_scale: float = 1.0
+    scenario: str | None = None
+    scenario_seed: int = 0
     max_replicas: int | None = None
     max_cores: int | None = None
     seed: int = 0
@@ -186,6 +192,8 @@ class BacktestResult:
     seconds: float = 0.0
     bounds: dict = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    scenario: str | None = None
+    """What the stress scenario did (None: the trace as is)."""
     bound: LowerBound | None = None
     """The lower bound on core-hours for the span (:mod:`surgecast.offline.bound`)."""
     run_seconds: dict[str, float] = field(default_factory=dict)
@@ -209,6 +217,7 @@ class BacktestResult:
             "bounds": self.bounds,
             "settings": settings,
             "wall_seconds": round(self.seconds, 1),
+            **({"scenario": self.scenario} if self.scenario is not None else {}),
             **({"lower_bound": self.bound.to_json()} if self.bound is not None else {}),
             "policies": {
                 name: {
@@ -407,6 +416,12 @@ def run_backtest(
     arrivals = per_second_arrivals(rps.loc[:end], scale=settings.rps_scale, seed=settings.seed)
     offset = int((start - arrivals.start).total_seconds())
     n_sec = int((end - start).total_seconds())
+    scenario = None
+    if settings.scenario is not None:
+        scenario = apply_scenario(
+            settings.scenario, arrivals.counts, offset, n_sec, settings.scenario_seed
+        )
+        arrivals = replace(arrivals, counts=scenario.counts)
     counts = arrivals.counts[offset : offset + n_sec]
     history = _minute_means(arrivals.counts[: offset + n_sec], arrivals.start)
 
@@ -472,6 +487,7 @@ def run_backtest(
         seconds=time.perf_counter() - started,
         bounds=asdict(bounds),
         notes=notes,
+        scenario=None if scenario is None else scenario.description,
         bound=lower_bound(counts, pipeline, settings.slo_ms, max_replicas=bounds.max_replicas),
         run_seconds=run_seconds,
     )
