@@ -353,6 +353,10 @@ class ForecastSettings(Spec):
     seed: Integer(0, 2**32 - 1) = 0
     """Seed of every stochastic part of the model (0..2**32 - 1, numpy's range)."""
 
+    no_regret: bool = True
+    """Follow the forecast only as far as it has beaten persistence over the last hour
+    (:mod:`forecasting.trust`); false: always follow it."""
+
     @field_validator("quantiles")
     @classmethod
     def _quantiles(cls, value: tuple[float, ...]) -> tuple[float, ...]:

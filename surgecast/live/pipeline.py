@@ -429,7 +429,14 @@ def _forecast(store: ArtifactStore, svc: ServiceSettings, rps: pd.Series, now) -
     keep = {str(q) for q in f.quantiles} | {str(f.plan_quantile)}
     data["quantiles"] = {k: v for k, v in data["quantiles"].items() if k in keep}
     values = rps.to_numpy()
+    observed = float(values[np.isfinite(values)][-1])
+    gated = _no_regret(store, svc, rps, fc, observed, now) if f.no_regret else {}
+    if gated:
+        gated["plan_quantiles"] = {
+            k: v for k, v in gated["plan_quantiles"].items() if k in keep
+        }
     return {
+        **gated,
         "forecast": data,
         "model": {
             "name": f.model if fallback is None else "seasonal_naive",
@@ -438,9 +445,43 @@ def _forecast(store: ArtifactStore, svc: ServiceSettings, rps: pd.Series, now) -
             "fallback": fallback or fc.fallback,
             "refit_reason": refit_reason,
         },
-        "observed_rps": float(values[np.isfinite(values)][-1]),
+        "observed_rps": observed,
         "window_peak_rps": window_peak(rps, svc.stabilisation_s),
         "plan_quantile": f.plan_quantile,
+    }
+
+
+def _no_regret(
+    store: ArtifactStore, svc: ServiceSettings, rps: pd.Series, fc, observed: float, now
+) -> dict:
+    """The forecast gate (:mod:`forecasting.trust`): the quantiles the planner gets
+    (``plan_quantiles``) and the weights (``trust``), from the model's forecasts of the last
+    hour (this service's forecast artifacts, as the model made them) scored on the history
+    just read. A forecast artifact that cannot be read is left out of the score."""
+    from forecasting.trust import WINDOW_S, PastForecast, gate
+
+    past = []
+    since = fc.cutoff - pd.Timedelta(seconds=WINDOW_S)
+    for entry in store.entries("forecasts", svc.name, start=since, end=now):
+        try:
+            doc = store.read_doc(entry.uri)
+            data = doc.get("forecast")
+            if doc.get("error") is not None or not isinstance(data, dict):
+                continue
+            past.append(PastForecast(
+                cutoff=pd.Timestamp(data["cutoff"]),
+                observed_rps=float(doc["observed_rps"]),
+                step_s=float(data["step_s"]),
+                quantiles={float(q): np.asarray(v, dtype=np.float64)
+                           for q, v in data["quantiles"].items()},
+            ))
+        except (ArtifactError, KeyError, TypeError, ValueError):
+            continue
+    raw = {float(q): fc.quantiles[q].to_numpy() for q in fc.quantiles}
+    gated, trust = gate(raw, observed, past, rps, fc.cutoff)
+    return {
+        "plan_quantiles": {str(q): [float(v) for v in loads] for q, loads in gated.items()},
+        "trust": trust.to_dict(),
     }
 
 
@@ -499,7 +540,9 @@ def plan(
         try:
             fc = fc_doc["forecast"]
             q = svc.forecast.plan_quantile
-            loads = np.asarray(fc["quantiles"][str(q)], dtype=np.float64)
+            # The gated quantiles when the forecast stage wrote them (forecast.no_regret).
+            planned = fc_doc.get("plan_quantiles") or fc["quantiles"]
+            loads = np.asarray(planned[str(q)], dtype=np.float64)
             observed = float(fc_doc["observed_rps"])
             step_s, cutoff = float(fc["step_s"]), fc["cutoff"]
             if loads.ndim != 1 or not loads.size or not math.isfinite(observed):
@@ -523,7 +566,7 @@ def plan(
                 pipeline,
                 state,
                 observed,
-                _plan_quantiles(fc["quantiles"], q, loads),
+                _plan_quantiles(planned, q, loads),
                 step_s,
                 cutoff,
                 policy,

@@ -38,6 +38,7 @@ from actuator.spec import DEFAULTS, ServiceSpec, WorkloadSpec
 from forecasting.cleaning import fill_gaps
 from forecasting.errors import BadInputError
 from forecasting.models import CeemdanHybrid
+from forecasting.trust import PastForecast, Trust, gate
 from planner.dp import StageConfig, horizontal
 from planner.profiles import Pipeline
 from surgecast.offline.bound import LowerBound, lower_bound
@@ -108,6 +109,8 @@ class BacktestSettings:
         scenario: a stress scenario reshaping the arrivals, history included
             (:data:`surgecast.offline.scenarios.SCENARIOS`); None: the trace as is.
         scenario_seed: the scenario's seed (when and how high a flash crowd goes).
+        no_regret: surgecast's forecast gate (:mod:`forecasting.trust`), as the service spec's
+            ``forecast.no_regret``.
         max_replicas, max_cores: bounds; None = what the profile needs at the trace's peak.
         seed: seed of the arrivals and of the model.
     """
@@ -131,6 +134,7 @@ class BacktestSettings:
     rps_scale: float = 1.0
     scenario: str | None = None
     scenario_seed: int = 0
+    no_regret: bool = True
     max_replicas: int | None = None
     max_cores: int | None = None
     seed: int = 0
@@ -270,6 +274,8 @@ class ModelForecaster:
         self.on_forecast = on_forecast
         self.fallbacks = 0
         self._answers: dict[int, dict[float, np.ndarray]] = {}
+        self.past: list[PastForecast] = []
+        self.trust: list[tuple[pd.Timestamp, Trust]] = []
 
     def __call__(self, now_s: int) -> dict[float, np.ndarray]:
         """The quantile forecasts at ``now_s``. An origin asked again (by an ablation's run)
@@ -294,6 +300,17 @@ class ModelForecaster:
         if forecast.fallback:
             self.fallbacks += 1
         quantiles = {float(q): forecast.quantiles[q].to_numpy() for q in forecast.quantiles}
+        if self.settings.no_regret:
+            # The forecast stage's gate, as production runs it: scored on the minutes
+            # observed up to the cutoff against the forecasts made in the hour before.
+            observed = float(self.history.loc[cutoff])
+            raw = quantiles
+            quantiles, trust = gate(
+                raw, observed, self.past, self.history.loc[:cutoff], cutoff
+            )
+            self.past = [p for p in self.past if p.cutoff >= cutoff - pd.Timedelta(hours=2)]
+            self.past.append(PastForecast(cutoff, observed, 60.0, raw))
+            self.trust.append((now, trust))
         if self.on_forecast is not None:
             self.on_forecast(now, quantiles[self.settings.quantile])
         self._answers[now_s] = quantiles
@@ -565,7 +582,8 @@ def _service_spec(ctx: _Context, *, hpa: bool) -> Settings:
         stabilisation_s=float(s.stabilisation_s),
         run_interval_s=float(s.every_s),
         forecast=ForecastSettings(
-            plan_quantile=s.quantile, horizon_steps=s.horizon_steps, model=s.model
+            plan_quantile=s.quantile, horizon_steps=s.horizon_steps, model=s.model,
+            no_regret=s.no_regret,
         ),
     )
     return Settings(source="backtest", services=(service,), run_interval_s=float(s.every_s))

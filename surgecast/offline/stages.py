@@ -447,6 +447,7 @@ def backtest_trace(
             quantile=float(spec.forecast.plan_quantile),
             model=spec.forecast.model,
             horizon_steps=int(spec.forecast.horizon_steps),
+            no_regret=bool(spec.forecast.no_regret),
             every_s=round(spec.run_interval_s),
             cold_start_s=round(spec.cold_start_s),
             resize_s=round(spec.resize_s),
