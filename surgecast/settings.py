@@ -353,9 +353,10 @@ class ForecastSettings(Spec):
     seed: Integer(0, 2**32 - 1) = 0
     """Seed of every stochastic part of the model (0..2**32 - 1, numpy's range)."""
 
-    no_regret: bool = True
+    no_regret: bool = False
     """Follow the forecast only as far as it has beaten persistence over the last hour
-    (:mod:`forecasting.trust`); false: always follow it."""
+    (:mod:`forecasting.trust`); false (the default until the evaluation protocol of
+    docs/evaluation.md has validated it): always follow it."""
 
     @field_validator("quantiles")
     @classmethod

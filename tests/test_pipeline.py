@@ -17,7 +17,15 @@ from actuator.apply import RunOptions
 from actuator.kube import RetryPolicy
 from surgecast.cli import app
 from surgecast.live.artifacts import ArtifactStore
-from surgecast.live.pipeline import accuracy, forecast, ingest, retrain, run_once, run_service
+from surgecast.live.pipeline import (
+    accuracy,
+    forecast,
+    ingest,
+    plan,
+    retrain,
+    run_once,
+    run_service,
+)
 from surgecast.settings import load_settings
 
 pytestmark = pytest.mark.skipif(
@@ -234,16 +242,44 @@ def test_accuracy_scores_the_days_forecasts_against_prometheus(tmp_path, fleet, 
 
 
 def test_cli_run_once_prints_one_line_per_service(tmp_path, fleet, kube):
-    for name in ("svc-23", "svc-24"):
+    for name in ("svc-26", "svc-24"):
         kube.add_deployment(name, replicas=1, cores=1)
-    settings = _settings(tmp_path, [_service("svc-23"), _service("svc-24")],
+    settings = _settings(tmp_path, [_service("svc-26"), _service("svc-24")],
                          url=fleet.prometheus.url, kube=kube)
     result = CliRunner().invoke(
         app, ["run", "--config", settings.source, "--once", "--now", fleet.now.isoformat()]
     )
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["svc-23", "svc-24"]
+    assert [line.split(":")[0] for line in lines] == ["svc-26", "svc-24"]
     assert all(" shadow dry-run: " in line for line in lines)
     bad = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "nope.yaml"), "--once"])
     assert bad.exit_code == 2 and "config file not found" in bad.output
+
+
+def test_the_no_regret_gate_scores_the_last_hour_and_the_plan_uses_it(tmp_path, fleet):
+    settings = _settings(
+        tmp_path, [_service("svc-26", forecast={**DEFAULTS["forecast"], "no_regret": True})],
+        url=fleet.prometheus.url,
+    )
+    uris = []
+    for minutes in range(90, -1, -5):  # a forecast every 5 minutes for 90 minutes
+        at = fleet.now - pd.Timedelta(minutes=minutes)
+        uris.append(forecast(settings, "svc-26", ingest(settings, "svc-26", at), at))
+    first, last = ArtifactStore.read_json(uris[0]), ArtifactStore.read_json(uris[-1])
+    assert first["trust"]["points"] == 0 and first["trust"]["weights"]["0.95"] == 1.0
+    # An hour of 5-minute forecasts whose 15 steps have been observed: about 12 x 15 targets.
+    assert last["trust"]["points"] >= 100
+    weights = [float(w) for w in last["trust"]["weights"].values()]
+    assert all(0.0 <= w <= 1.0 for w in weights)
+    assert set(last["plan_quantiles"]) == set(last["forecast"]["quantiles"])
+    uri = plan(settings, "svc-26", uris[-1], fleet.now)
+    doc = ArtifactStore.read_json(uri)
+    assert doc["error"] is None
+    assert doc["peak_rps"] == pytest.approx(max(last["plan_quantiles"]["0.95"]))
+    # Without the gate the artifact carries the model's quantiles only.
+    (tmp_path / "plain").mkdir()
+    plain = _settings(tmp_path / "plain", [_service("svc-26")], url=fleet.prometheus.url)
+    at = fleet.now
+    bare = ArtifactStore.read_json(forecast(plain, "svc-26", ingest(plain, "svc-26", at), at))
+    assert "plan_quantiles" not in bare and "trust" not in bare

@@ -134,7 +134,7 @@ class BacktestSettings:
     rps_scale: float = 1.0
     scenario: str | None = None
     scenario_seed: int = 0
-    no_regret: bool = True
+    no_regret: bool = False
     max_replicas: int | None = None
     max_cores: int | None = None
     seed: int = 0
