@@ -744,6 +744,14 @@ def backtest(
     scenario_seed: Annotated[
         int, typer.Option(parser=_int(0, MAX_SEED), help="Seed of the scenario.")
     ] = 0,
+    no_regret: Annotated[
+        bool,
+        typer.Option(
+            "--no-regret",
+            help="Gate surgecast's forecast by its skill over the last hour (the service "
+            "spec's forecast.no_regret).",
+        ),
+    ] = False,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/backtest"),
     config: Annotated[
         Path | None,
@@ -788,6 +796,7 @@ def backtest(
         rps_scale=rps_scale,
         scenario=scenario,
         scenario_seed=scenario_seed,
+        no_regret=no_regret,
         hpa_target_above_plan=hpa_target,
         max_replicas=max_replicas,
         max_cores=max_cores,
