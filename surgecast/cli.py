@@ -873,6 +873,11 @@ def backtest(
             highlight=False,
             soft_wrap=True,
         )
+    if "surgecast" in summary["policies"]:
+        from surgecast.offline.bars import check_bars
+
+        for bar in check_bars(summary):
+            console.print(f"bar: {bar.line()}", highlight=False, soft_wrap=True)
     console.print(f"{run.seconds:.0f} s; report: {run.report_html}; results: {run.results_json}")
 
 
