@@ -1,27 +1,26 @@
-"""No regret: a forecast is followed only as far as it has recently beaten persistence.
+"""No regret: a forecast's level is followed only as far as it has recently beaten persistence.
 
-Before its quantiles go to the planner, every forecast is scored against a reactive stand-in:
-persistence (the load observed at each past origin) plus the quantiles of its own recent
-errors (a conformal interval over the last hour only, so a spike a day ago weighs nothing).
-Over the forecasts made in the last ``window_s`` whose targets have since been observed, the
-model's pinball loss at each quantile is compared with the stand-in's:
+Before its quantiles go to the planner, every forecast is scored against persistence (the load
+observed at each past origin, the reactive policy's implicit forecast). Over the forecasts made
+in the last ``window_s`` whose targets have since been observed, the model's mean absolute
+error (of its median) is compared with persistence's:
 
-    w_q = clip(2 - L_model(q) / L_reactive(q), 0, 1)
+    w = clip(2 - MAE_model / MAE_persistence, 0, 1)
 
-The quantile the planner gets is ``reactive_q + w_q * (model_q - reactive_q)``: the model's
-when it has been at least as good as persistence, the reactive one when it has been twice as
-bad or worse, in between otherwise. A forecast misled by yesterday (a quiet day after an event
-day, whose day-before lags replay the event) or by an inflated calibration (a q0.99 that is
-yesterday's spike) loses its weight within the hour, and the plan falls back towards what the
-reactive policy underneath would do, instead of paying for a surge that is not coming. Until
-``min_points`` targets are scored (the first hour), the model is followed.
+and the whole forecast distribution is moved towards the observed load by ``1 - w`` of its
+level error: ``q' = q - (1 - w) * (median - observed)``. A model at least as good as
+persistence is followed unchanged; one twice as bad or worse keeps its spread (its calibrated
+uncertainty) around the observed load instead of its own level. A forecast misled by
+yesterday (a quiet day after an event day, whose day-before lags replay the event) thus loses
+its level within the hour, and the plan falls back towards what the reactive policy underneath
+would do instead of paying for a surge that is not coming. Until ``min_points`` targets are
+scored (the first hour), the model is followed.
 
 Leak-free: only forecasts made before ``now`` and actuals observed up to ``now`` are read.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,12 +32,12 @@ WINDOW_S = 3600.0
 """Forecasts made this long before now are scored (s)."""
 
 MIN_POINTS = 30
-"""Scored targets needed before the weights move from 1."""
+"""Scored targets needed before the weight moves from 1."""
 
 
 @dataclass(frozen=True)
 class PastForecast:
-    """A forecast made earlier, as the planner received it from the model (before gating).
+    """A forecast made earlier, as the model made it (before gating).
 
     Attributes:
         cutoff: the last observed step when it was made.
@@ -57,19 +56,21 @@ class PastForecast:
 class Trust:
     """What the gate decided for one forecast."""
 
-    weights: dict[float, float]
-    """Per quantile, the model's weight (1: followed, 0: the reactive quantile)."""
+    weight: float
+    """The model's weight (1: followed, 0: its level replaced by the observed load)."""
     points: int
     """Targets scored."""
-    model_loss: dict[float, float]
-    reactive_loss: dict[float, float]
+    model_mae: float | None = None
+    persistence_mae: float | None = None
 
     def to_dict(self) -> dict:
         return {
-            "weights": {str(q): round(w, 3) for q, w in self.weights.items()},
+            "weight": round(self.weight, 3),
             "points": self.points,
-            "model_pinball": {str(q): round(v, 4) for q, v in self.model_loss.items()},
-            "reactive_pinball": {str(q): round(v, 4) for q, v in self.reactive_loss.items()},
+            "model_mae": None if self.model_mae is None else round(self.model_mae, 4),
+            "persistence_mae": (
+                None if self.persistence_mae is None else round(self.persistence_mae, 4)
+            ),
         }
 
 
@@ -86,68 +87,47 @@ def gate(
     """The quantiles to plan with, and why.
 
     Args:
-        quantiles: the model's forecast now (probability -> loads of steps 1..H).
+        quantiles: the model's forecast now (probability -> loads of steps 1..H); its 0.5
+            quantile is the level.
         observed_rps: the load observed now.
         past: earlier forecasts (any order; those older than ``window_s`` or not before
-            ``now`` are ignored).
+            ``now`` are ignored, as are those without a 0.5 quantile).
         actual: the observed load per step (a time-indexed series; nothing after ``now`` is
             read).
         now: the time of this forecast.
     """
     actual = actual.loc[:now]
-    residuals: list[float] = []
-    preds: dict[float, list[float]] = {float(q): [] for q in quantiles}
-    ys: list[float] = []
-    naive: list[float] = []
     lookup = actual.to_dict()
     start = now - pd.Timedelta(seconds=window_s)
+    model_err: list[float] = []
+    naive_err: list[float] = []
     for fc in past:
         if not start <= fc.cutoff < now or not math.isfinite(fc.observed_rps):
             continue
-        step = pd.Timedelta(seconds=fc.step_s)
-        if not all(_has(fc.quantiles, q) for q in preds):
+        if not _has(fc.quantiles, 0.5):
             continue
-        n = min(len(np.asarray(_get(fc.quantiles, q))) for q in preds)
-        for h in range(n):
+        median = np.asarray(_get(fc.quantiles, 0.5), dtype=np.float64)
+        step = pd.Timedelta(seconds=fc.step_s)
+        for h, pred in enumerate(median):
             y = lookup.get(fc.cutoff + (h + 1) * step)
             if y is None or not math.isfinite(y):
                 continue
-            ys.append(float(y))
-            naive.append(fc.observed_rps)
-            residuals.append(float(y) - fc.observed_rps)
-            for q in preds:
-                preds[q].append(float(np.asarray(_get(fc.quantiles, q))[h]))
-    points = len(ys)
-    out: dict[float, np.ndarray] = {}
-    weights: dict[float, float] = {}
-    model_loss: dict[float, float] = {}
-    reactive_loss: dict[float, float] = {}
-    y_arr = np.asarray(ys)
-    naive_arr = np.asarray(naive)
-    for q, loads in quantiles.items():
-        q = float(q)
-        model_q = np.asarray(loads, dtype=np.float64)
-        if points < min_points:
-            out[q] = model_q
-            weights[q] = 1.0
-            continue
-        offset = float(np.quantile(residuals, q))
-        lm = _pinball(y_arr, np.asarray(preds[q]), q)
-        ln = _pinball(y_arr, naive_arr + offset, q)
-        w = 1.0 if lm <= ln else float(np.clip(2.0 - lm / ln, 0.0, 1.0)) if ln > 0 else 0.0
-        reactive_q = np.full_like(model_q, max(0.0, observed_rps + offset))
-        out[q] = np.maximum(reactive_q + w * (model_q - reactive_q), 0.0)
-        weights[q], model_loss[q], reactive_loss[q] = w, lm, ln
-    # Quantiles stay ordered: a higher probability never plans for less.
-    levels = sorted(out)
-    for lo, hi in itertools.pairwise(levels):
-        out[hi] = np.maximum(out[hi], out[lo])
-    return out, Trust(weights, points, model_loss, reactive_loss)
-
-
-def _pinball(y: np.ndarray, f: np.ndarray, q: float) -> float:
-    diff = y - f
-    return float(np.mean(np.maximum(q * diff, (q - 1.0) * diff)))
+            model_err.append(abs(float(pred) - y))
+            naive_err.append(abs(fc.observed_rps - y))
+    points = len(model_err)
+    out = {float(q): np.asarray(v, dtype=np.float64) for q, v in quantiles.items()}
+    if points < min_points or not _has(quantiles, 0.5):
+        return out, Trust(1.0, points)
+    lm, ln = float(np.mean(model_err)), float(np.mean(naive_err))
+    if lm <= ln:
+        w = 1.0
+    else:
+        w = float(np.clip(2.0 - lm / ln, 0.0, 1.0)) if ln > 0 else 0.0
+    if w < 1.0:
+        level = np.asarray(_get(quantiles, 0.5), dtype=np.float64)
+        shift = (1.0 - w) * (level - observed_rps)
+        out = {q: np.maximum(v - shift, 0.0) for q, v in out.items()}
+    return out, Trust(w, points, lm, ln)
 
 
 def _has(quantiles: Mapping, q: float) -> bool:

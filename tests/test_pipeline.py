@@ -267,11 +267,10 @@ def test_the_no_regret_gate_scores_the_last_hour_and_the_plan_uses_it(tmp_path, 
         at = fleet.now - pd.Timedelta(minutes=minutes)
         uris.append(forecast(settings, "svc-26", ingest(settings, "svc-26", at), at))
     first, last = ArtifactStore.read_json(uris[0]), ArtifactStore.read_json(uris[-1])
-    assert first["trust"]["points"] == 0 and first["trust"]["weights"]["0.95"] == 1.0
+    assert first["trust"]["points"] == 0 and first["trust"]["weight"] == 1.0
     # An hour of 5-minute forecasts whose 15 steps have been observed: about 12 x 15 targets.
     assert last["trust"]["points"] >= 100
-    weights = [float(w) for w in last["trust"]["weights"].values()]
-    assert all(0.0 <= w <= 1.0 for w in weights)
+    assert 0.0 <= last["trust"]["weight"] <= 1.0 and last["trust"]["model_mae"] >= 0
     assert set(last["plan_quantiles"]) == set(last["forecast"]["quantiles"])
     uri = plan(settings, "svc-26", uris[-1], fleet.now)
     doc = ArtifactStore.read_json(uri)
