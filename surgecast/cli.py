@@ -702,7 +702,12 @@ def backtest(
         typer.Option(parser=_int(0, MAX_SECONDS), help="Seconds before a new replica serves."),
     ] = 30,
     resize_s: Annotated[
-        int, typer.Option(parser=_int(0, MAX_SECONDS), help="Seconds an in-place resize takes.")
+        int,
+        typer.Option(
+            parser=_int(0, MAX_SECONDS),
+            help="Median seconds an in-place resize takes (each drawn from a seeded log-normal, "
+            "sigma 0.5).",
+        ),
     ] = 2,
     stabilisation_s: Annotated[
         int,
