@@ -257,9 +257,10 @@ class ClusterModel:
         resize_delay_s: time the runtime takes to actuate an admitted in-place resize (s): the
             median when ``resize_spread`` > 0.
         resize_spread: sigma of the log-normal each resize's delay is drawn from (median
-            ``resize_delay_s``); 0: every resize takes exactly ``resize_delay_s``. Measured
-            resizes are right-skewed (a cgroup write, then the runtime's and kubelet's sync
-            loops), so a few take several times the median.
+            ``resize_delay_s``); 0: every resize takes exactly ``resize_delay_s``. A resize
+            waits for the kubelet's pod sync and the runtime's container update, which queue
+            behind other work, so its time is right-skewed: with sigma 0.5 one in 20 takes
+            over 2.2 times the median.
         nodes: the nodes pods are scheduled on (the autoscaler adds and removes some).
         node_pool: the cluster autoscaler of the node group; None: the nodes are fixed.
         deferred: pod or node names whose resizes the kubelet defers (injected), whatever the
@@ -335,8 +336,8 @@ class ClusterModel:
         self._settled: tuple[float, int] | None = None
         self._serial = 0
         self._rng = random.Random(self.seed)
-        # Resize delays from a generator of their own: with a fixed delay (no draws) the uids
-        # and every other choice stay what they were.
+        # Resize delays from a generator of their own, so that how many resizes a run makes
+        # never shifts the uids and container ids the other one gives.
         self._resize_rng = random.Random(f"resize-{self.seed}")
         self._now = self.clock.now
         self._provisioning = {n.name for n in self.nodes if n.joins_s > self._now}
