@@ -59,6 +59,10 @@ MAX_BATCH = 1_024
 """Largest batch size of a fitted profile."""
 MAX_RPS_SCALE = 1_000.0
 """Largest load multiplier of a backtest (stress scenarios go to 50x)."""
+MAX_NODE_CORES = 1_024
+"""Largest --node-cores (the largest cloud instances have a few hundred vCPUs)."""
+MAX_NODES = 5_000
+"""Largest --nodes/--max-nodes (Kubernetes' tested limit of nodes per cluster)."""
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 """The quantiles the forecasters produce."""
 
@@ -698,7 +702,12 @@ def backtest(
         typer.Option(parser=_int(0, MAX_SECONDS), help="Seconds before a new replica serves."),
     ] = 30,
     resize_s: Annotated[
-        int, typer.Option(parser=_int(0, MAX_SECONDS), help="Seconds an in-place resize takes.")
+        int,
+        typer.Option(
+            parser=_int(0, MAX_SECONDS),
+            help="Median seconds an in-place resize takes (each drawn from a seeded log-normal, "
+            "sigma 0.5).",
+        ),
     ] = 2,
     stabilisation_s: Annotated[
         int,
@@ -731,6 +740,35 @@ def backtest(
             parser=_int(1, MAX_CORES), help="Cores-per-replica bound (default: the profile's)."
         ),
     ] = None,
+    node_cores: Annotated[
+        int,
+        typer.Option(
+            parser=_int(1, MAX_NODE_CORES),
+            help="Allocatable cores per node: a resize beyond it is Infeasible.",
+        ),
+    ] = 16,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            parser=_int(1, MAX_NODES),
+            help="Nodes at the start (default: as many as the starting pods need).",
+        ),
+    ] = None,
+    max_nodes: Annotated[
+        int | None,
+        typer.Option(
+            parser=_int(1, MAX_NODES),
+            help="Node pool ceiling; above --nodes a cluster autoscaler adds and removes nodes "
+            "(default: --nodes, a fixed pool).",
+        ),
+    ] = None,
+    node_provision_s: Annotated[
+        int,
+        typer.Option(
+            parser=_int(0, MAX_SECONDS),
+            help="Seconds until a node the autoscaler adds takes pods.",
+        ),
+    ] = 120,
     seed: Annotated[
         int, typer.Option(parser=_int(0, MAX_SEED), help="Seed of the arrivals and the model.")
     ] = 0,
@@ -781,6 +819,8 @@ def backtest(
         if value not in QUANTILES:
             raise _fail(f"{flag}: {value:g} is not one of {', '.join(map(str, QUANTILES))}")
     _check_files((check_output_dir, out, "--out", {}))
+    if nodes is not None and max_nodes is not None and max_nodes < nodes:
+        raise _fail(f"--max-nodes: {max_nodes} is fewer than --nodes {nodes}")
     settings = BacktestSettings(
         slo_ms=slo_ms,
         policies=names,
@@ -800,6 +840,10 @@ def backtest(
         hpa_target_above_plan=hpa_target,
         max_replicas=max_replicas,
         max_cores=max_cores,
+        node_cores=node_cores,
+        nodes=nodes,
+        max_nodes=max_nodes,
+        node_provision_s=float(node_provision_s),
         seed=seed,
     )
     bar = Progress(
@@ -845,7 +889,8 @@ def backtest(
             f"{requests:,} requests"
         )
     )
-    for col in ("policy", "over SLO", "share", "bad min", "core-h", "actions", "util"):
+    for col in ("policy", "over SLO", "share", "bad min", "core-h", "node core-h", "actions",
+                "util"):
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for name, row in summary["policies"].items():
         table.add_row(
@@ -854,6 +899,7 @@ def backtest(
             f"{100 * row['violation_rate']:.3f} %",
             f"{row['violation_minutes']:,}",
             f"{row['core_hours']:.1f}",
+            f"{row['node_core_hours']:.1f}" if "node_core_hours" in row else "-",
             f"{row['actions']:,}",
             f"{100 * row['mean_utilisation']:.0f} %",
         )

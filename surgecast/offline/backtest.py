@@ -43,7 +43,7 @@ from planner.dp import StageConfig, horizontal
 from planner.profiles import Pipeline
 from surgecast.offline.bound import LowerBound, lower_bound
 from surgecast.offline.bridge import SCRAPE_S, bridge_factory
-from surgecast.offline.cluster import Clock, ClusterModel, Node
+from surgecast.offline.cluster import Clock, ClusterModel, Node, NodePool
 from surgecast.offline.controllers import PipelineCycle, ThemisController, VpaController
 from surgecast.offline.engine import Controller, Engine, StageBinding
 from surgecast.offline.port import SimPort
@@ -97,7 +97,20 @@ class BacktestSettings:
         model: the forecasting model surgecast uses.
         cold_start_s: seconds before a new replica serves: the simulated cluster's pod start (30 s
             for the bundled ResNet18 scenario), also given to the service spec as its cold start.
-        resize_s: seconds an in-place resize takes.
+        resize_s: seconds an in-place resize takes: the median of its log-normal delay.
+        resize_spread: sigma of that log-normal (each resize draws its delay from the cluster
+            model's seeded generator); 0: every resize takes exactly ``resize_s``.
+        node_cores: allocatable cores of each node (16: a common 16-vCPU instance's
+            allocatable, rounded; an in-place resize beyond it is Infeasible, one without room
+            beside the node's other pods Deferred).
+        nodes: nodes at the span's start; None: as many as the run's starting pods need (first
+            fit, as the scheduler places them), at least 1.
+        max_nodes: the node pool's ceiling; None: ``nodes`` (a fixed pool, no autoscaler).
+            Above ``nodes``, a cluster autoscaler adds nodes for Pending pods and removes
+            empty ones.
+        node_provision_s: seconds from the autoscaler's scale-up until the new node takes pods.
+        scale_down_unneeded_s: seconds a node stays empty before the autoscaler removes it
+            (``--scale-down-unneeded-time``).
         stabilisation_s: no replica removed within this long after a scale-up (every policy).
         hpa_target_above_plan: CPU target of the HPA that runs above surgecast's planned floor.
             The baseline HPA keeps Kubernetes' 70 %, whose 30 % headroom covers its reaction
@@ -128,6 +141,12 @@ class BacktestSettings:
     model: str = "hybrid"
     cold_start_s: int = 30
     resize_s: int = int(DEFAULTS.resize_s)
+    resize_spread: float = 0.5
+    node_cores: int = 16
+    nodes: int | None = None
+    max_nodes: int | None = None
+    node_provision_s: float = 120.0
+    scale_down_unneeded_s: float = 600.0
     stabilisation_s: int = int(DEFAULTS.stabilisation_s)
     hpa_target_above_plan: float = 0.9
     signal_scrape_s: float = SCRAPE_S
@@ -138,6 +157,27 @@ class BacktestSettings:
     max_replicas: int | None = None
     max_cores: int | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("resize_spread", self.resize_spread, 0.0, 5.0),
+            ("node_cores", self.node_cores, 1, None),
+            ("nodes", self.nodes, 1, None),
+            ("max_nodes", self.max_nodes, 1, None),
+            ("node_provision_s", self.node_provision_s, 0.0, None),
+            ("scale_down_unneeded_s", self.scale_down_unneeded_s, 0.0, None),
+        )
+        for name, value, low, high in checks:
+            if value is None:
+                continue
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= low
+                    and (high is None or value <= high)):
+                bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise BadInputError(f"{name}: must be a number {bound}, not {value!r}")
+        if self.nodes is not None and self.max_nodes is not None and self.max_nodes < self.nodes:
+            raise BadInputError(
+                f"max_nodes: {self.max_nodes} is fewer than the {self.nodes} starting nodes"
+            )
 
 
 @dataclass
@@ -591,16 +631,49 @@ def _service_spec(ctx: _Context, *, hpa: bool) -> Settings:
 
 def _model(ctx: _Context, shapes: Sequence[StageConfig]) -> tuple[ClusterModel, ClusterPort]:
     """A fresh cluster with the stages' Deployments at ``shapes``, Ready, at the span's start;
-    one node large enough that placement never binds (the policies are compared on load); and
-    the port onto it (``ctx.port``, once the Deployments exist)."""
+    its nodes (``node_cores`` each; ``nodes`` of them, by default as many as those pods need)
+    and, when ``max_nodes`` allows more, the cluster autoscaler of the pool; and the port onto
+    it (``ctx.port``, once the Deployments exist).
+
+    Raises:
+        BadInputError: a starting pod larger than a node, or more starting pods than
+            ``nodes`` can hold (they would never run).
+    """
     s = ctx.settings
+    node_m = 1000 * s.node_cores
+    pods_m = [1000 * shape.cores for shape in shapes for _ in range(shape.replicas)]
+    if any(m > node_m for m in pods_m):
+        raise BadInputError(
+            f"node_cores: {s.node_cores} cores per node cannot hold a starting pod of "
+            f"{max(pods_m) // 1000} cores"
+        )
+    needed = nodes_for(pods_m, node_m)
+    count = needed if s.nodes is None else s.nodes
+    if count < needed:
+        raise BadInputError(
+            f"nodes: {s.nodes} nodes of {s.node_cores} cores cannot hold the starting pods "
+            f"({sum(pods_m) // 1000} cores in {len(pods_m)} pods need {needed})"
+        )
+    if s.max_nodes is not None and s.max_nodes < count:
+        raise BadInputError(
+            f"max_nodes: {s.max_nodes} is fewer than the {count} nodes the starting pods need"
+        )
+    ceiling = count if s.max_nodes is None else s.max_nodes
+    pool = None
+    if ceiling > count:
+        pool = NodePool(
+            max_nodes=ceiling,
+            provision_s=float(s.node_provision_s),
+            scale_down_unneeded_s=float(s.scale_down_unneeded_s),
+        )
     clock = Clock(ctx.start.timestamp())
-    room_m = 1000 * 2 * len(shapes) * ctx.bounds.max_replicas * ctx.bounds.max_cores + 64_000
     model = ClusterModel(
         clock,
         start_delay_s=float(s.cold_start_s),
         resize_delay_s=float(s.resize_s),
-        nodes=[Node("node-1", room_m)],
+        resize_spread=float(s.resize_spread),
+        nodes=[Node(f"node-{i + 1}", node_m) for i in range(count)],
+        node_pool=pool,
         seed=s.seed,
         follow_clock=False,
     )
@@ -614,6 +687,19 @@ def _model(ctx: _Context, shapes: Sequence[StageConfig]) -> tuple[ClusterModel, 
             batch=shape.batch,
         )
     return model, ctx.port(model)
+
+
+def nodes_for(pods_m: Sequence[int], node_m: int) -> int:
+    """Nodes of ``node_m`` millicores that hold pods of ``pods_m`` millicores placed in order,
+    each on the first node with room (as the model's scheduler binds them); at least 1."""
+    free: list[int] = []
+    for m in pods_m:
+        slot = next((i for i, room in enumerate(free) if room >= m), None)
+        if slot is None:
+            free.append(node_m)
+            slot = len(free) - 1
+        free[slot] -= m
+    return max(1, len(free))
 
 
 def _run_on_model(name: str, ctx: _Context, model_fc: ModelForecaster | None, progress) -> tuple:

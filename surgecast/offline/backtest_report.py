@@ -115,6 +115,7 @@ def _summary_table(result: BacktestResult) -> str:
         "violation_rate",
         "violation_minutes",
         "core_hours",
+        "node_core_hours",
         "actions",
         "mean_utilisation",
     )
@@ -128,6 +129,7 @@ def _summary_table(result: BacktestResult) -> str:
             f"{100 * s['violation_rate']:.3f} %",
             f"{s['violation_minutes']:,}",
             f"{s['core_hours']:.1f}",
+            f"{s['node_core_hours']:.1f}" if "node_core_hours" in s else "-",
             f"{s['actions']:,}",
             f"{100 * s['mean_utilisation']:.1f} %",
             html.escape(result.notes.get(name, "")),
@@ -207,7 +209,8 @@ def render_backtest_html(result: BacktestResult) -> str:
 {_summary_table(result)}
 <p class="note">A request violates the SLO when processing + batch fill + queueing wait exceeds
 {result.settings.slo_ms:.0f} ms; a violation minute is one in which more than 1 % of requests
-did. Core-hours count every replica's cores, starting ones included.</p>
+did. Core-hours count every replica's cores, starting ones included; node core-hours count
+the allocatable cores of every node held, provisioning ones included, whatever runs on it.</p>
 <h2>Load, forecast, capacity and violations</h2>
 {_img(plot_overview(result), "load, forecast, capacity and violations over time")}
 <h2>The largest surge, second by second</h2>

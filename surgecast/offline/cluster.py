@@ -17,11 +17,16 @@ Each controller follows the Kubernetes component it stands for, cited where it i
 * **ReplicaSet** (:meth:`ClusterModel._replicaset`, ``pkg/controller/replicaset/
   replica_set.go``): counts only active pods (not terminating), creates replacements, deletes
   the lowest-ranked pods, and is refused by a namespace CPU quota (``quota_millicores``).
-* **Scheduler** (:meth:`ClusterModel._schedule`): Pending pods, oldest first, on the first node
-  with room, retried at every reconcile.
+* **Scheduler** (:meth:`ClusterModel._schedule`): Pending pods, oldest first, on the first
+  joined node with room, retried at every reconcile.
 * **Kubelet** (:meth:`ClusterModel._kubelet`): readiness ``start_delay_s`` after scheduling;
   graceful termination; in-place resizes through allocated -> actual resources with the
-  ``PodResizePending``/``PodResizeInProgress`` conditions of Kubernetes 1.33 (KEP-1287).
+  ``PodResizePending``/``PodResizeInProgress`` conditions of Kubernetes 1.33 (KEP-1287), each
+  actuated in a delay drawn from a seeded log-normal around ``resize_delay_s``.
+* **Cluster autoscaler** (:meth:`ClusterModel._node_pool`, kubernetes/autoscaler
+  ``cluster-autoscaler/core/static_autoscaler.go``), when the model has a :class:`NodePool`:
+  nodes added for pods the scheduler left Pending for lack of CPU, schedulable
+  ``provision_s`` later; a node empty for ``scale_down_unneeded_s`` removed.
 
 Time is the :class:`Clock` the caller (a test, or the backtest's simulation) advances, never the
 wall clock. When the clock jumps, the
@@ -132,11 +137,48 @@ def cpu_or_raw(value):
 @dataclass
 class Node:
     """A node: allocatable CPU (millicores) and the kubelet's CPU manager policy (``none`` or
-    ``static``; with ``static`` the 1.33 kubelet refuses in-place resizes of Guaranteed pods)."""
+    ``static``; with ``static`` the 1.33 kubelet refuses in-place resizes of Guaranteed pods).
+
+    Attributes:
+        joins_s: when its kubelet registers and the scheduler may bind pods to it (epoch s);
+            before then it is being provisioned (the cloud bills it, nothing runs on it).
+    """
 
     name: str
     allocatable_millicores: int
     cpu_manager_policy: str = "none"
+    joins_s: float = -math.inf
+
+
+@dataclass(frozen=True)
+class NodePool:
+    """The cluster autoscaler of one node group (kubernetes/autoscaler, cluster-autoscaler);
+    its new nodes have the shape of the model's first node (the group's template).
+
+    Attributes:
+        max_nodes: ``--nodes=min:max:group``'s max: nodes, provisioning ones included.
+        min_nodes: that flag's min: empty nodes are not removed below it.
+        provision_s: from the scale-up until the new node's kubelet registers (s): cloud VM
+            boot and node bootstrap, typically 1-3 minutes.
+        scale_down_unneeded_s: ``--scale-down-unneeded-time`` (default 10 min): how long a
+            node stays empty before it is removed.
+    """
+
+    max_nodes: int
+    min_nodes: int = 1
+    provision_s: float = 120.0
+    scale_down_unneeded_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_nodes <= self.max_nodes:
+            raise ValueError(
+                f"node pool: need 1 <= min_nodes <= max_nodes, not {self.min_nodes}, "
+                f"{self.max_nodes}"
+            )
+        for name in ("provision_s", "scale_down_unneeded_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"node pool: {name} must be a finite number >= 0, not {value}")
 
 
 @dataclass
@@ -166,6 +208,8 @@ class PodState:
     pending_since_s: float | None = None
     deleted_s: float | None = None
     grace_s: float = DEFAULT_GRACE_S
+    resize_delay_s: float = 0.0
+    """How long the runtime takes to actuate the resize under way (s), drawn when it starts."""
     idle_rv: str | None = None
     """The pod's resourceVersion when the kubelet last found nothing to do on a Ready pod with
     no resize under way: until the pod is written again, a sync would find nothing again."""
@@ -210,8 +254,15 @@ class ClusterModel:
     Attributes:
         clock: the test clock.
         start_delay_s: time from a pod's scheduling until it is Ready (s).
-        resize_delay_s: time the runtime takes to actuate an admitted in-place resize (s).
-        nodes: the nodes pods are scheduled on.
+        resize_delay_s: time the runtime takes to actuate an admitted in-place resize (s): the
+            median when ``resize_spread`` > 0.
+        resize_spread: sigma of the log-normal each resize's delay is drawn from (median
+            ``resize_delay_s``); 0: every resize takes exactly ``resize_delay_s``. A resize
+            waits for the kubelet's pod sync and the runtime's container update, which queue
+            behind other work, so its time is right-skewed: with sigma 0.5 one in 20 takes
+            over 2.2 times the median.
+        nodes: the nodes pods are scheduled on (the autoscaler adds and removes some).
+        node_pool: the cluster autoscaler of the node group; None: the nodes are fixed.
         deferred: pod or node names whose resizes the kubelet defers (injected), whatever the
             room.
         resize_errors: pod or node name -> message: the runtime fails to actuate admitted
@@ -238,7 +289,9 @@ class ClusterModel:
     clock: Clock
     start_delay_s: float = 30.0
     resize_delay_s: float = 2.0
+    resize_spread: float = 0.0
     nodes: list[Node] = field(default_factory=lambda: [Node("node-1", 64_000)])
+    node_pool: NodePool | None = None
     deferred: set[str] = field(default_factory=set)
     resize_errors: dict[str, str] = field(default_factory=dict)
     stuck_resizes: set[str] = field(default_factory=set)
@@ -260,6 +313,19 @@ class ClusterModel:
                     f"node {node.name}: cpu_manager_policy must be 'none' or 'static', not "
                     f"{node.cpu_manager_policy!r}"
                 )
+        if not self.nodes:
+            raise ValueError("the cluster needs at least one node")
+        if len({n.name for n in self.nodes}) != len(self.nodes):
+            raise ValueError("node names must be unique")
+        for name in ("resize_delay_s", "resize_spread"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, not {value}")
+        if self.node_pool is not None and len(self.nodes) > self.node_pool.max_nodes:
+            raise ValueError(
+                f"{len(self.nodes)} nodes are more than the node pool's max_nodes "
+                f"{self.node_pool.max_nodes}"
+            )
         self.lock = threading.RLock()
         self.objects: dict[tuple[str, str, str], dict] = {}
         self._pod_keys: dict[str, tuple[str, str, str]] = {}  # pod name -> its key in objects
@@ -270,7 +336,13 @@ class ClusterModel:
         self._settled: tuple[float, int] | None = None
         self._serial = 0
         self._rng = random.Random(self.seed)
+        # Resize delays from a generator of their own, so that how many resizes a run makes
+        # never shifts the uids and container ids the other one gives.
+        self._resize_rng = random.Random(f"resize-{self.seed}")
         self._now = self.clock.now
+        self._provisioning = {n.name for n in self.nodes if n.joins_s > self._now}
+        self._empty_since: dict[str, float] = {}
+        self._nodes_added = 0
         if self.follow_clock:
             self.clock.listeners.append(self.reconcile)
 
@@ -594,7 +666,11 @@ class ClusterModel:
             if state.resize_started_s is not None and not self._injected(
                 self.stuck_resizes, name, state.node
             ):
-                times.append(state.resize_started_s + self.resize_delay_s)
+                times.append(state.resize_started_s + state.resize_delay_s)
+        times.extend(n.joins_s for n in self.nodes if n.name in self._provisioning)
+        if self.node_pool is not None:
+            unneeded = self.node_pool.scale_down_unneeded_s
+            times.extend(t + unneeded for t in self._empty_since.values())
         return times
 
     def _settle(self, max_passes: int = 25) -> None:
@@ -611,6 +687,7 @@ class ClusterModel:
             for rs in sorted(self.replicasets.values(), key=lambda r: (r.created_s, r.serial)):
                 self._replicaset(rs)
             self._schedule()
+            self._node_pool()
             self._kubelets()
             for key in list(self.objects):
                 if key[0] == "deployments":
@@ -1081,10 +1158,10 @@ class ClusterModel:
             node = self._node_with_room(_desired(pod))
             new = clone(pod)
             if node is None:
+                joined = sum(1 for n in self.nodes if n.name not in self._provisioning)
                 _set_condition(
                     new["status"], "PodScheduled", "False", "Unschedulable", self._now,
-                    f"0/{len(self.nodes)} nodes are available: {len(self.nodes)} Insufficient "
-                    "cpu.",
+                    f"0/{joined} nodes are available: {joined} Insufficient cpu.",
                 )
             else:
                 state.node, state.scheduled_s = node, self._now
@@ -1120,9 +1197,107 @@ class ClusterModel:
 
     def _node_with_room(self, request_m: int) -> str | None:
         for node in self.nodes:
+            if node.name in self._provisioning:
+                continue  # no Node object until its kubelet registers
             if self._node_usage(node.name) + request_m <= node.allocatable_millicores:
                 return node.name
         return None
+
+    # ----------------------------------------------------------------------------------------
+    # cluster autoscaler
+
+    def _node_pool(self) -> None:
+        """Nodes join, and the cluster autoscaler adds and removes them.
+
+        A provisioning node joins at its ``joins_s`` (its kubelet registers; the scheduler sees
+        a new node and retries the Pending pods). With a :class:`NodePool`, as the cluster
+        autoscaler's loop does (``RunOnce`` in cluster-autoscaler/core/static_autoscaler.go):
+
+        * scale-up (``ScaleUp`` in core/scaleup/orchestrator): the pods the scheduler marked
+          unschedulable are bin-packed first into the free room of the nodes there are,
+          provisioning ones included (``filterOutSchedulable`` and the ``upcoming`` nodes, so
+          a second pass does not order them twice), then onto new nodes of the group's
+          template, first fit in the scheduler's order
+          (estimator/binpacking_estimator.go), up to ``max_nodes``. A pod larger than the
+          template helps nothing and orders no node. The CA's 10 s scan interval is not
+          modelled: it is part of ``provision_s``.
+        * scale-down (core/scaledown): a joined node with no pod but terminating ones is
+          unneeded; once unneeded for ``scale_down_unneeded_s`` it is removed, down to
+          ``min_nodes``, the one empty the longest first. The real autoscaler also drains
+          nodes under 50 % utilisation whose pods fit elsewhere; this one removes only empty
+          nodes, so it holds at least the nodes the real one would. A removed node's
+          terminating pods go with it (the pod GC's ``gcOrphaned``).
+        """
+        now = self._now
+        for node in self.nodes:
+            if node.name in self._provisioning and node.joins_s <= now:
+                self._provisioning.discard(node.name)
+                self.next_rv()  # the Node object appears: the scheduler retries
+        pool = self.node_pool
+        if pool is None:
+            return
+        self._scale_up(pool)
+        busy = {s.node for s in self.pod_state.values()
+                if s.node is not None and s.deleted_s is None}
+        for node in self.nodes:
+            if node.name in self._provisioning or node.name in busy:
+                self._empty_since.pop(node.name, None)
+            else:
+                self._empty_since.setdefault(node.name, now)
+        due = sorted(
+            (since, name) for name, since in self._empty_since.items()
+            if now >= since + pool.scale_down_unneeded_s
+        )
+        for _, name in due:
+            if len(self.nodes) <= pool.min_nodes:
+                break
+            self.nodes = [n for n in self.nodes if n.name != name]
+            del self._empty_since[name]
+            for pod_name, state in list(self.pod_state.items()):
+                if state.node == name:
+                    key = self._pod_keys.get(pod_name)
+                    if key is not None:
+                        self._remove_pod(key[1], pod_name)
+            self.next_rv()
+
+    def _scale_up(self, pool: NodePool) -> None:
+        template = self.nodes[0]
+        waiting = sorted(
+            (s.created_s, name) for name, s in self.pod_state.items()
+            if s.node is None and s.deleted_s is None
+        )
+        if not waiting or len(self.nodes) >= pool.max_nodes:
+            return
+        # filterOutSchedulable: what fits where room is (freed, or on a node that just joined)
+        # or is coming needs no new node
+        room = [n.allocatable_millicores - self._node_usage(n.name) for n in self.nodes]
+        upcoming = len(room)
+        for _, name in waiting:
+            pod = self._pod(name)
+            scheduled = next((c for c in pod["status"].get("conditions") or []
+                              if c["type"] == "PodScheduled"), None) if pod else None
+            if scheduled is None or scheduled.get("reason") != "Unschedulable":
+                continue
+            want = _desired(pod)
+            if want > template.allocatable_millicores:
+                continue
+            slot = next((i for i, free in enumerate(room) if free >= want), None)
+            if slot is None:
+                if len(room) >= pool.max_nodes:
+                    continue
+                room.append(template.allocatable_millicores)
+                slot = len(room) - 1
+            room[slot] -= want
+        for _ in range(len(room) - upcoming):  # one node per slot opened above
+            self._nodes_added += 1
+            self.nodes.append(Node(
+                f"{template.name}-scaled-{self._nodes_added}",
+                template.allocatable_millicores,
+                template.cpu_manager_policy,
+                joins_s=self._now + pool.provision_s,
+            ))
+            self._provisioning.add(self.nodes[-1].name)
+            self.next_rv()
 
     # ----------------------------------------------------------------------------------------
     # kubelet
@@ -1247,13 +1422,21 @@ class ClusterModel:
             return
         if state.resize_started_s is None:
             state.resize_started_s = now
+            state.resize_delay_s = self._resize_delay()
         stuck = self._injected(self.stuck_resizes, name, node.name)
-        if not stuck and now >= state.resize_started_s + self.resize_delay_s:
+        if not stuck and now >= state.resize_started_s + state.resize_delay_s:
             state.actual = clone(state.allocated)
             state.resize_started_s = None
             _drop_condition(status, "PodResizeInProgress")
             return
         _set_condition(status, "PodResizeInProgress", "True", None, now)
+
+    def _resize_delay(self) -> float:
+        """One resize's actuation time (s): ``resize_delay_s`` times a log-normal factor of
+        median 1 and sigma ``resize_spread``, from the model's seeded generator."""
+        if self.resize_spread == 0 or self.resize_delay_s == 0:
+            return self.resize_delay_s
+        return self.resize_delay_s * math.exp(self.resize_spread * self._resize_rng.gauss(0, 1))
 
     def _admit_resize(self, pod: dict, state: PodState, node: Node) -> tuple[str, str] | None:
         name = pod["metadata"]["name"]

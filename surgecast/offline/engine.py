@@ -8,7 +8,8 @@ Every simulated second the engine
   resize counts once the kubelet has actuated it) and its batch size (the container's batch
   environment variable, else the stage's batch); a pod pays from the moment it is bound to a
   node until it is gone, for the larger of its desired and running CPU while a resize is under
-  way (:class:`ModelCapacity`);
+  way (:class:`ModelCapacity`); and the nodes cost what they can hold, joined or provisioning,
+  whatever runs on them (the node core-hours a cloud bills);
 * serves the second's arrivals (:class:`surgecast.offline.simulator.Serving`);
 * keeps the CPU the served load kept busy, which the model's metrics API reports to the HPA
   controller at its sync: utilisation = busy cores / requested cores of the ready pods,
@@ -35,7 +36,15 @@ import numpy as np
 import pandas as pd
 
 from planner.profiles import Pipeline
-from surgecast.offline.cluster import ClusterModel, _allocated, _desired, _ready, _terminating
+from surgecast.offline.cluster import (
+    ClusterModel,
+    _admitted,
+    _allocated,
+    _condition_reason,
+    _desired,
+    _ready,
+    _terminating,
+)
 from surgecast.offline.simulator import Serving, SimulationResult
 
 METRICS_WINDOW_S = 15
@@ -98,6 +107,7 @@ class ModelCapacity:
         self._requested_ready_cores = [0.0] * n
         self._shape_ready: list[tuple[int, int]] = [(1, 1)] * n
         self._cost = 0.0
+        self._node_cores = 0.0
         self.scheduled = [0] * n
         self.cores = [1] * n
         self.signature: tuple = ()
@@ -120,8 +130,12 @@ class ModelCapacity:
             desired_live = []
             for pod in self.model.pods_of(self.namespace, stage.deployment):
                 if pod["spec"].get("nodeName"):
-                    running_m, desired_m = _allocated(pod), _desired(pod)
-                    cost += max(running_m, desired_m) / 1000.0
+                    # what the pod holds on its node: a resize refused as Infeasible holds
+                    # only what the kubelet admitted (as the scheduler counts it)
+                    held_m = max(_allocated(pod), _admitted(pod))
+                    if _condition_reason(pod, "PodResizePending") != "Infeasible":
+                        held_m = max(held_m, _desired(pod))
+                    cost += held_m / 1000.0
                 if _terminating(pod):
                     continue
                 scheduled += 1
@@ -150,6 +164,7 @@ class ModelCapacity:
             dep = self.model.get("deployments", self.namespace, stage.deployment)
             signature.append((dep["spec"]["replicas"] if dep else 0, tuple(sorted(desired_live))))
         self._cost = cost
+        self._node_cores = sum(n.allocatable_millicores for n in self.model.nodes) / 1000.0
         self.signature = tuple(signature)
 
 
@@ -208,6 +223,8 @@ class Engine:
         self.slo_ms = slo_ms
         self.capacity = ModelCapacity(model, namespace, stages, pipeline)
         self.serving = Serving(self.arrivals, pipeline)
+        self.node_cores = np.zeros(len(self.arrivals))
+        """Allocatable cores of the nodes that exist (joined or provisioning), per second."""
         self.controllers = list(controllers)
         self.progress = progress
         self.t = 0  # the next second to serve
@@ -242,7 +259,9 @@ class Engine:
         end = self.start_s + len(self.arrivals)
         self._tick_due()
         self._advance_to(end)
-        return self.serving.result("", self.slo_ms, self.actions, self.notes)
+        result = self.serving.result("", self.slo_ms, self.actions, self.notes)
+        result.node_cores = self.node_cores
+        return result
 
     def _advance_to(self, target_s: float) -> None:
         n_sec = len(self.arrivals)
@@ -269,6 +288,7 @@ class Engine:
         if before and cap.signature != before:
             self.actions += 1
         self.serving.serve(self.t, cap, cap.scheduled[0], cap.cores[0])
+        self.node_cores[self.t] = cap._node_cores
         self.t += 1
         if self.progress is not None and self.t % 3600 == 0:
             self.progress(self.t)

@@ -153,13 +153,17 @@ class SimulationResult:
     service_ms: np.ndarray  # batch service time l(k, c) summed along the pipeline
     actions: int
     guard_notes: list[tuple[int, str]] = field(default_factory=list)
+    node_cores: np.ndarray | None = None
+    """Allocatable cores of the nodes that exist (joined or provisioning), per second; None
+    where no nodes are modelled (the shape-driven :class:`Cluster`)."""
 
     @property
     def requests(self) -> float:
         return float(self.arrivals.sum())
 
     def summary(self) -> dict[str, float]:
-        """The totals of results.json for this policy."""
+        """The totals of results.json for this policy: ``core_hours`` the CPU the pods
+        request, ``node_core_hours`` (with nodes) the CPU of the nodes held for them."""
         requests = self.requests
         violations = float(self.violations.sum())
         minute_requests = per_minute(self.arrivals, "sum")
@@ -175,6 +179,8 @@ class SimulationResult:
             "violation_rate": violations / requests if requests else 0.0,
             "violation_minutes": bad_minutes,
             "core_hours": float(self.cost_cores.sum()) / 3600.0,
+            **({} if self.node_cores is None
+               else {"node_core_hours": float(self.node_cores.sum()) / 3600.0}),
             "actions": int(self.actions),
             "mean_utilisation": busy / capacity if capacity else 0.0,
         }
