@@ -705,10 +705,16 @@ def backtest(
         int,
         typer.Option(
             parser=_int(0, MAX_SECONDS),
-            help="Median seconds an in-place resize takes (each drawn from a seeded log-normal, "
-            "sigma 0.5).",
+            help="Seconds an in-place resize takes (the median, with --resize-spread).",
         ),
     ] = 2,
+    resize_spread: Annotated[
+        float,
+        typer.Option(
+            parser=_float(0, 5),
+            help="Sigma of the resize time's seeded log-normal (0.5 is realistic; 0: fixed).",
+        ),
+    ] = 0.0,
     stabilisation_s: Annotated[
         int,
         typer.Option(
@@ -741,12 +747,13 @@ def backtest(
         ),
     ] = None,
     node_cores: Annotated[
-        int,
+        int | None,
         typer.Option(
             parser=_int(1, MAX_NODE_CORES),
-            help="Allocatable cores per node: a resize beyond it is Infeasible.",
+            help="Allocatable cores per node (16 is realistic): a resize beyond it is "
+            "Infeasible, one without room Deferred (default: one node that never binds).",
         ),
-    ] = 16,
+    ] = None,
     nodes: Annotated[
         int | None,
         typer.Option(
@@ -811,6 +818,10 @@ def backtest(
     from surgecast.offline.stages import backtest_trace, check_output_dir
 
     names = tuple(_names(policies, "--policies", list(POLICIES)))
+    if node_cores is None:
+        for flag, value in (("--nodes", nodes), ("--max-nodes", max_nodes)):
+            if value is not None:
+                raise _fail(f"{flag}: only with --node-cores (nodes of a given size)")
     if scenario is not None and scenario not in SCENARIOS:
         raise _fail(f"--scenario: unknown {scenario!r}; choose from {', '.join(SCENARIOS)}")
     if model not in MODELS:
@@ -832,6 +843,7 @@ def backtest(
         model=model,
         cold_start_s=cold_start_s,
         resize_s=resize_s,
+        resize_spread=resize_spread,
         stabilisation_s=stabilisation_s,
         rps_scale=rps_scale,
         scenario=scenario,

@@ -133,15 +133,12 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
             "violation_rate",
             "violation_minutes",
             "core_hours",
-            "node_core_hours",
             "actions",
             "mean_utilisation",
             "wall_seconds",
             "core_hours_vs_lower_bound",
         }
         assert 0 <= row["violation_rate"] <= 1 and row["core_hours"] > 0
-        # whole 16-core nodes, held for the 6 hours at least once
-        assert row["node_core_hours"] >= 16 * 6 and row["node_core_hours"] % 16 == 0
         assert row["wall_seconds"] >= 0
     page = html.read_text()
     assert "<img" in page and "surgecast" in page and "static-peak" in page

@@ -17,10 +17,13 @@ from actuator.guards import Bounds
 from actuator.spec import ServiceSpec, WorkloadSpec
 from forecasting.errors import BadInputError
 from planner.plan import Plan, PlanStep
-from surgecast.offline.backtest import BacktestSettings, nodes_for
+from planner.profiles import bundled_profile, load_pipeline
+from surgecast.offline.backtest import BacktestSettings, nodes_for, run_backtest
 from surgecast.offline.cluster import Clock, ClusterModel, Node, NodePool, iso_s
 from surgecast.offline.engine import Engine, StageBinding
 from surgecast.offline.port import SimPort
+
+RESNET18 = load_pipeline(bundled_profile("resnet18"))
 
 
 def cluster(nodes, *, pool=None, resize_s=2.0, spread=0.0, seed=0, follow=True) -> ClusterModel:
@@ -287,3 +290,20 @@ def test_the_starting_pool_is_what_first_fit_needs_and_bad_pool_settings_are_ref
                       ({"node_provision_s": float("nan")}, "node_provision_s")):
         with pytest.raises(BadInputError, match=field):
             BacktestSettings(**kw)
+
+
+def test_a_backtest_on_real_nodes_reports_node_core_hours_and_the_default_does_not():
+    index = pd.date_range("2024-01-01", periods=4 * 1440, freq="1min", tz="UTC")
+    rps = pd.Series(80.0, index=index, name="rps")
+    start = index[0] + pd.Timedelta(days=3)
+    common = dict(policies=("hpa", "static-peak"), start=start,
+                  end=start + pd.Timedelta(hours=1), train_days=3.0)
+    real = run_backtest(rps, RESNET18, BacktestSettings(node_cores=16, **common),
+                        trace_name="flat", profile_name="resnet18").to_json()
+    for row in real["policies"].values():
+        # whole 16-core nodes, held for the hour at least once
+        assert row["node_core_hours"] >= 16 and row["node_core_hours"] % 16 == 0
+        assert row["node_core_hours"] >= row["core_hours"]
+    ideal = run_backtest(rps, RESNET18, BacktestSettings(**common), trace_name="flat",
+                         profile_name="resnet18").to_json()
+    assert all("node_core_hours" not in row for row in ideal["policies"].values())
