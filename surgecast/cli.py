@@ -734,6 +734,14 @@ def backtest(
     seed: Annotated[
         int, typer.Option(parser=_int(0, MAX_SEED), help="Seed of the arrivals and the model.")
     ] = 0,
+    routing: Annotated[
+        str,
+        typer.Option(
+            help="How the Service spreads requests over the pods' own queues: round-robin (a "
+            "Kubernetes Service), least-outstanding (a queue-aware router), or pooled (one "
+            "queue per stage, perfect balancing, for comparison)."
+        ),
+    ] = "round-robin",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/backtest"),
     config: Annotated[
         Path | None,
@@ -751,9 +759,12 @@ def backtest(
 
     from forecasting.models import MODELS
     from surgecast.offline.backtest import POLICIES, BacktestSettings
+    from surgecast.offline.simulator import ROUTINGS
     from surgecast.offline.stages import backtest_trace, check_output_dir
 
     names = tuple(_names(policies, "--policies", list(POLICIES)))
+    if routing not in ROUTINGS:
+        raise _fail(f"--routing: unknown {routing!r}; choose from {', '.join(ROUTINGS)}")
     if model not in MODELS:
         raise _fail(f"--model: unknown {model!r}; choose from {', '.join(MODELS)}")
     for flag, value in (("--quantile", quantile), ("--surge-quantile", surge_quantile)):
@@ -777,6 +788,7 @@ def backtest(
         max_replicas=max_replicas,
         max_cores=max_cores,
         seed=seed,
+        routing=routing,
     )
     bar = Progress(
         TextColumn("[progress.description]{task.description}"),

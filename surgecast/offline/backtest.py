@@ -46,6 +46,7 @@ from surgecast.offline.controllers import PipelineCycle, ThemisController, VpaCo
 from surgecast.offline.engine import Controller, Engine, StageBinding
 from surgecast.offline.port import SimPort
 from surgecast.offline.simulator import (
+    ROUTINGS,
     SimulationResult,
     per_minute,
 )
@@ -105,6 +106,12 @@ class BacktestSettings:
         rps_scale: multiplies the trace's rate.
         max_replicas, max_cores: bounds; None = what the profile needs at the trace's peak.
         seed: seed of the arrivals and of the model.
+        routing: how each stage's Service spreads requests over its Ready pods, each with its
+            own queue (:data:`surgecast.offline.simulator.ROUTINGS`): ``round-robin``, what a
+            Kubernetes Service gives (kube-proxy picks an endpoint at random, whatever its
+            speed), the default; ``least-outstanding`` (a queue-aware router such as Envoy's
+            LEAST_REQUEST); ``pooled`` (one queue per stage: perfect balancing, the former
+            idealisation, for comparison).
     """
 
     slo_ms: float = 750.0
@@ -127,6 +134,7 @@ class BacktestSettings:
     max_replicas: int | None = None
     max_cores: int | None = None
     seed: int = 0
+    routing: str = "round-robin"
 
 
 @dataclass
@@ -369,6 +377,10 @@ def run_backtest(
         BadInputError: a span outside the trace, or too little history before it.
     """
     started = time.perf_counter()
+    if settings.routing not in ROUTINGS:
+        raise BadInputError(
+            f"--routing: unknown {settings.routing!r}; choose from {', '.join(ROUTINGS)}"
+        )
     unknown = [p for p in settings.policies if p not in POLICIES]
     if unknown:
         raise BadInputError(
@@ -620,6 +632,7 @@ def _run_on_model(name: str, ctx: _Context, model_fc: ModelForecaster | None, pr
                                                                                 strict=True)],
         slo_ms=s.slo_ms,
         progress=progress,
+        routing=s.routing,
     )
     if name == "hpa":
         for dep in names:
