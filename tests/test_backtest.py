@@ -144,7 +144,10 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
 
 def test_the_peak_provisioned_cluster_is_the_cost_ceiling_and_meets_the_slo(result):
     s = {name: run.summary() for name, run in result.runs.items()}
-    assert s["static-peak"]["violation_rate"] < 0.001
+    # The SLO is a p99 target (the planner sizes the p99 latency for it). Behind a Service
+    # (round-robin: each pod its own queue) the peak-sized pods put 0.18 % over it; with one
+    # queue for all pods (routing="pooled") under 0.1 %.
+    assert s["static-peak"]["violation_rate"] < 0.005
     for name in ("hpa", "themis", "surgecast", "perfect-forecast"):
         assert s[name]["core_hours"] < s["static-peak"]["core_hours"], name
 

@@ -454,12 +454,16 @@ class Agreement:
 
 
 @cache
-def compare(index: int) -> Agreement:
-    """Runs window ``index`` through both simulations (seeded; the same per-second counts)."""
+def compare(index: int, routing: str = "pooled") -> Agreement:
+    """Runs window ``index`` through both simulations (seeded; the same per-second counts),
+    both with one queue per stage (``pooled``) or both with a queue per replica and the same
+    routing."""
     window = WINDOWS[index]
     rng = np.random.default_rng(100 + index)
     counts = np.concatenate([rng.poisson(window.rates_rps).astype(float), np.zeros(DRAIN_S)])
-    _, latencies = timeline_latencies_ms(counts, RESNET, window.replicas, seed=index)
+    _, latencies = timeline_latencies_ms(
+        counts, RESNET, window.replicas, seed=index, routing=None if routing == "pooled" else routing
+    )
     if window.slo_quantile is None:
         slo_ms = window.slo_ms
     else:
@@ -470,7 +474,10 @@ def compare(index: int) -> Agreement:
         Scripted(window.script),
         [window.initial],
         SimulationSettings(
-            slo_ms=slo_ms, cold_start_s=window.cold_start_s, resize_s=window.resize_s
+            slo_ms=slo_ms,
+            cold_start_s=window.cold_start_s,
+            resize_s=window.resize_s,
+            routing=routing,
         ),
         no_guards,
     )

@@ -452,6 +452,8 @@ class _StageQueues:
     inflow: np.ndarray  # requests entering the stage per second
     held: np.ndarray  # of which held for want of a ready replica
     handed: np.ndarray  # held requests routed on in that second
+    capacity: np.ndarray  # rps of the ready replicas per second
+    fastest: np.ndarray  # sid of the fastest ready replica per second (-1: none)
     live: list[_Cohort] = field(default_factory=list)
     done: list[_Cohort] = field(default_factory=list)
     member: dict[str, _Cohort] = field(default_factory=dict)
@@ -515,7 +517,10 @@ class Serving:
         self.replicas = np.zeros(n_sec, dtype=np.int32)
         self.cores = np.zeros(n_sec, dtype=np.int32)
         self._stages = [
-            _StageQueues({}, [], np.zeros(n_sec), np.zeros(n_sec), np.zeros(n_sec))
+            _StageQueues(
+                {}, [], np.zeros(n_sec), np.zeros(n_sec), np.zeros(n_sec), np.zeros(n_sec),
+                np.full(n_sec, -1, dtype=np.int64),
+            )
             for _ in range(n_stages)
         ]
         self._version: object = None
@@ -694,7 +699,7 @@ class Serving:
             level = _water_level(ready, inflow) if least and members and len(ready) > 1 else None
             speed_total = sum(len(c.names) * c.speed for c in ready)
             out = busy = capacity = 0.0
-            slowest_ms = 0.0
+            slowest_ms = fastest = 0.0
             for c in st.live:
                 k = len(c.names)
                 if not c.ready or not members:
@@ -718,11 +723,15 @@ class Serving:
                 if c.ready:
                     busy += k * c.cores * done / c.speed
                     capacity += k * c.speed
+                    if c.speed > fastest:
+                        fastest = c.speed
+                        st.fastest[t] = c.sid
                     batch, cores, _ = st.table[c.sid]
                     slowest_ms = max(slowest_ms, _service_ms(profile, batch, cores, done))
             self.backlog[s] = st.hold + sum(len(c.names) * c.backlog for c in st.live)
             self.ready_cores[s][t] = source._ready_cores[s]
             self.usage[s][t] = busy
+            st.capacity[t] = capacity
             service_ms += slowest_ms
             bottleneck = min(bottleneck, capacity)
             inflow = out
@@ -763,11 +772,13 @@ class Serving:
 
         Each cohort of identical replicas is judged on its own FIFO curves (a request's fluid
         wait is read from its replica's departures, as ``count_violations`` does for one
-        queue), plus the within-second latency of its replica shape at its own rate: one
-        replica's bulk-service queue at its share of the stage's recent rate under
-        ``round-robin`` (random routing splits Poisson arrivals into Poisson streams), the
-        cohort's replicas as one pooled server under ``least-outstanding`` (a queue-aware
-        router keeps equal replicas about as busy as one shared queue would). Along a pipeline
+        queue), plus a within-second latency. Under ``round-robin`` that is one replica's
+        bulk-service queue at its share of the stage's recent rate (random routing splits
+        Poisson arrivals into Poisson streams, so each replica is its own M/G/1-type queue).
+        Under ``least-outstanding`` it is the stage's ready replicas pooled as one queue of its
+        fastest shape, as many of them as carry the stage's capacity (a queue-aware router
+        sends each request where it finishes first, so a slow replica takes work only when the
+        others are busy; join-the-shortest-queue is close to one shared queue). Along a pipeline
         the stage with the longest mean latency in a second keeps its distribution and the
         others add their mean, as in the pooled model.
         """
@@ -780,10 +791,47 @@ class Serving:
         means: list[float] = []
         parts = []
         mean_sum = np.zeros((n_stages, n_sec))
-        for s, (st, profile) in enumerate(zip(self._stages, self.pipeline.stages, strict=True)):
+
+        def rows_of(s: int, sids: np.ndarray, pool: np.ndarray, steps: np.ndarray) -> np.ndarray:
+            """The tail row of each (shape, replicas pooled, load step)."""
+            combos, inverse = np.unique(
+                np.column_stack([sids, pool, steps]), axis=0, return_inverse=True
+            )
+            ids = np.empty(len(combos), dtype=np.int64)
+            table = self._stages[s].table
+            for j, (sid, k, step) in enumerate(combos):
+                key = (s, int(sid), int(k), int(step))
+                row = rows.get(key)
+                if row is None:
+                    batch, cores, sp = table[int(sid)]
+                    tail = latency_tail(
+                        self.pipeline.stages[s], int(k), cores, batch,
+                        step * TAIL_RHO_STEP * k * sp, slo_ms,
+                    )
+                    grid = np.arange(points) * TAIL_GRID_MS
+                    ccdfs.append(np.interp(
+                        grid, np.arange(len(tail.ccdf)) * TAIL_GRID_MS, tail.ccdf, 1.0, 0.0
+                    ))
+                    means.append(tail.mean_ms)
+                    row = rows[key] = len(means) - 1
+                ids[j] = row
+            return ids[np.asarray(inverse).reshape(-1)]
+
+        for s, st in enumerate(self._stages):
             cum = np.concatenate([[0.0], np.cumsum(st.inflow)])
             start = np.maximum(np.arange(n_sec) - TAIL_WINDOW_S + 1, 0)
             rate = (cum[1:] - cum[start]) / (np.arange(n_sec) + 1 - start)
+            speeds = np.array([sp for _, _, sp in st.table]) if st.table else np.ones(1)
+            if least:
+                # A queue-aware router sends a request where it finishes first: the stage's
+                # ready replicas as one pooled queue of its fastest shape, as many of them as
+                # carry the stage's capacity, at the stage's rate.
+                sid = np.maximum(st.fastest, 0)
+                fast = speeds[sid]
+                pool = np.maximum(np.rint(st.capacity / fast), 1).astype(np.int64)
+                rho = np.divide(rate, st.capacity, out=np.zeros(n_sec), where=st.capacity > 0)
+                steps = np.rint(np.minimum(rho, TAIL_RHO_MAX) / TAIL_RHO_STEP).astype(np.int64)
+                stage_rows = rows_of(s, sid, pool, steps)
             for c in st.live + st.done:
                 if not c.x:
                     continue
@@ -795,35 +843,14 @@ class Serving:
                 length = len(x)
                 sec = np.arange(c.t0, c.t0 + length)
                 wait_s, never, per_slot = _fluid_waits(x, np.asarray(c.d), SUBSLOTS)
-                sids = np.asarray(c.sids)
-                pool = np.maximum(np.rint(n), 1).astype(np.int64) if least else np.ones(
-                    length, np.int64
-                )
-                speed = np.array([st.table[i][2] for i in range(len(st.table))])[sids]
-                member_rate = rate[sec] * np.asarray(c.share)
-                rho = np.minimum(member_rate / speed, TAIL_RHO_MAX)
-                steps = np.rint(rho / TAIL_RHO_STEP).astype(np.int64)
-                combos, inverse = np.unique(
-                    np.column_stack([sids, pool, steps]), axis=0, return_inverse=True
-                )
-                ids = np.empty(len(combos), dtype=np.int64)
-                for j, (sid, k, step) in enumerate(combos):
-                    key = (s, int(sid), int(k), int(step))
-                    row = rows.get(key)
-                    if row is None:
-                        batch, cores, sp = st.table[int(sid)]
-                        tail = latency_tail(
-                            profile, int(k), cores, batch, step * TAIL_RHO_STEP * k * sp, slo_ms
-                        )
-                        grid = np.arange(points) * TAIL_GRID_MS
-                        ccdfs.append(
-                            np.interp(grid, np.arange(len(tail.ccdf)) * TAIL_GRID_MS, tail.ccdf,
-                                      1.0, 0.0)
-                        )
-                        means.append(tail.mean_ms)
-                        row = rows[key] = len(means) - 1
-                    ids[j] = row
-                row_of = ids[np.asarray(inverse).reshape(-1)]
+                if least:
+                    row_of = stage_rows[sec]
+                else:
+                    sids = np.asarray(c.sids)
+                    member_rate = rate[sec] * np.asarray(c.share)
+                    rho = np.minimum(member_rate / speeds[sids], TAIL_RHO_MAX)
+                    steps = np.rint(rho / TAIL_RHO_STEP).astype(np.int64)
+                    row_of = rows_of(s, sids, np.ones(length, np.int64), steps)
                 weight = per_slot * n[:, None]
                 parts.append((s, sec, wait_s, never, weight, row_of))
         if not parts:
