@@ -9,20 +9,25 @@ second:
   their cores are paid for from the moment they are scheduled), an in-place resize (cores or
   batch) takes ``resize_s`` and the replica pays for the larger of its old and new cores
   meanwhile, removed replicas go at once (starting ones first);
-* each stage serves up to its capacity, the sum of its ready replicas' throughputs
-  ``h(b, c) = 1000·b / l(b, c)`` from the latency profile, from a FIFO backlog carried across
-  seconds; what a stage serves flows into the next one in the same second.
+* each stage's inflow is routed to its ready replicas (``round-robin``, what a Kubernetes
+  Service gives, or ``least-outstanding``; see :data:`ROUTINGS`), each of which serves its own
+  FIFO backlog, carried across seconds, up to its own throughput ``h(b, c) = 1000·b / l(b, c)``
+  from the latency profile (replicas differ while a resize or a rollout is under way); what a
+  stage serves flows into the next one in the same second. The former idealisation, one
+  backlog per stage served at the summed capacity (perfect balancing), is the ``pooled``
+  routing.
 
 Replicas batch greedily (dynamic batching with no queue delay, the default of inference
 servers): a free replica takes whatever is waiting, up to its batch size. A request's latency is
-its wait in the fluid backlog plus a within-second latency L: the queueing behind sub-second
-Poisson bursts and the batch it rides in, from the stationary distribution of a bulk-service
-queue at the arrival rate of the last ``TAIL_WINDOW_S`` seconds (``latency_tail``). The backlog
-wait is exact for fluid FIFO service: arrivals are spread evenly over each second, cumulative
-departures are linear within each second, and a request with index i that arrives at time a
-leaves when the departure curve reaches i. Requests are counted in ``SUBSLOTS`` slices per
-second. Along a pipeline the stages' latencies add. ``service_ms`` still reports the batch
-service time l(k, c) of the batch k = λ·l(k, c)/1000 a replica forms at its per-second rate.
+its wait in its replica's fluid backlog plus a within-second latency L: the queueing behind
+sub-second Poisson bursts and the batch it rides in, from the stationary distribution of a
+bulk-service queue at the arrival rate of the last ``TAIL_WINDOW_S`` seconds (``latency_tail``;
+per replica under round-robin, pooled under least-outstanding). The backlog wait is exact for
+fluid FIFO service: arrivals are spread evenly over each second, cumulative departures are
+linear within each second, and a request with index i that arrives at time a leaves when its
+queue's departure curve reaches i. Requests are counted in ``SUBSLOTS`` slices per second. Along
+a pipeline the stages' latencies add. ``service_ms`` reports the batch service time l(k, c) of
+the batch k = λ·l(k, c)/1000 the slowest ready replica forms at its per-second rate.
 
 Cost is core-seconds of every replica, starting or not.
 """
