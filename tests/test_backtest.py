@@ -125,6 +125,7 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
     data = json.loads(js.read_text())
     assert data["trace"] == "synthetic" and data["profile"] == "resnet18"
     assert data["slo_ms"] == 750.0 and data["seconds_simulated"] == 6 * 3600
+    assert data["settings"]["routing"] == "round-robin"  # a Kubernetes Service's, by default
     for row in data["policies"].values():
         assert set(row) - {"notes"} == {
             "requests",
@@ -238,6 +239,8 @@ def test_cli_backtest_writes_the_report_and_prints_the_table(tmp_path):
         "3",
         "--policies",
         "hpa,surgecast,static-peak",
+        "--routing",
+        "least-outstanding",
         "--start",
         "2024-03-07T00:00:00Z",
         "--end",
@@ -251,6 +254,7 @@ def test_cli_backtest_writes_the_report_and_prints_the_table(tmp_path):
     assert set(data["policies"]) == {
         "hpa", "surgecast", "surgecast-no-bridge", "surgecast-no-forecast", "static-peak"
     }
+    assert data["settings"]["routing"] == "least-outstanding"
     assert (out / "report.html").exists() and "surgecast" in done.output
     bad = CliRunner().invoke(app, [*args[:-2], "--out", str(out), "--slo-ms", "-5"])
     assert bad.exit_code == 2
