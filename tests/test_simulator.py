@@ -890,3 +890,77 @@ def test_a_slow_replica_near_the_slo_behind_least_outstanding(quantile):
     assert agrees(result.fluid_share, result.des_share), (
         f"p{100 * quantile:g}: fluid {result.fluid_share:.4%} vs {result.des_share:.4%}"
     )
+
+
+# -- per-replica queues: known answers ------------------------------------------------------------
+
+
+def _backlog_then_a_second_replica(routing):
+    # One 20-rps replica under 30 rps builds a backlog of 10 per second; a second replica asked
+    # for at 0 is ready at 60 s, when the first holds 600 requests.
+    counts = np.full(300, 30.0)
+    return run(counts, StageConfig(1, 1, 1), script={0: StageConfig(2, 1, 1)}, cold_start_s=60,
+               slo_ms=2000.0, routing=routing)
+
+
+def test_a_new_replica_joins_with_an_empty_queue_and_round_robin_leaves_the_old_one_its_own():
+    """Round-robin: each replica gets 15 rps; the old one drains its 600 at 20 - 15 = 5 per
+    second (120 s) while the new one idles at 75 %, so 35 rps are served where one shared queue
+    would serve 40 (and drain in 60 s). The requests sent to the new replica meet no queue."""
+    robin = _backlog_then_a_second_replica("round-robin")
+    pooled = _backlog_then_a_second_replica("pooled")
+    assert robin.served[:60] == pytest.approx(np.full(60, 20.0))
+    assert robin.served[61:179] == pytest.approx(np.full(118, 35.0))
+    assert robin.served[181:] == pytest.approx(np.full(119, 30.0))
+    assert pooled.served[61:119] == pytest.approx(np.full(58, 40.0))
+    assert pooled.served[121:] == pytest.approx(np.full(179, 30.0))
+    # Over a 2 s SLO: round-robin's late requests are the old replica's 15 rps while its wait
+    # (600 - 5τ)/20 s exceeds 2 s, τ < 112 s: 1,680; the new replica's half is on time. One
+    # shared queue makes all 30 rps late while (600 - 10τ)/40 > 2, τ < 52 s: 1,560.
+    assert robin.violations[60:180].sum() == pytest.approx(15 * 112, rel=0.01)
+    assert pooled.violations[60:180].sum() == pytest.approx(30 * 52, rel=0.01)
+
+
+def test_least_outstanding_fills_the_new_replica_until_the_queues_even_out():
+    """Least-outstanding sends every request to the empty replica first (30 rps into 20: its
+    queue grows by 10/s while the old one drains at 20/s), so both serve at full speed and the
+    600 are gone in 60 s, as with one shared queue."""
+    least = _backlog_then_a_second_replica("least-outstanding")
+    assert least.served[61:119] == pytest.approx(np.full(58, 40.0))
+    assert least.served[121:] == pytest.approx(np.full(179, 30.0))
+
+
+def test_a_replica_removed_at_once_loses_its_queue_and_it_counts_over_the_slo():
+    """The shape-driven cluster removes replicas at once: the queue of the one removed (two
+    replicas at 60 rps for 10 s: 10 queued each per second, 100 each) is never served and
+    counts over the SLO."""
+    counts = np.concatenate([np.full(10, 60.0), np.zeros(50)])
+    result = run(counts, StageConfig(2, 1, 1), script={10: StageConfig(1, 1, 1)},
+                 slo_ms=60_000.0)
+    assert result.served.sum() == pytest.approx(counts.sum() - 100.0)
+    assert result.violations.sum() == pytest.approx(100.0, rel=0.02)
+
+
+def test_a_terminating_pod_drains_its_queue_during_its_grace_period():
+    """On the cluster model a pod scaled away terminates for its 30 s grace period: out of the
+    Service at once (no new requests), it serves what it queued. Two 20-rps pods under 60 rps
+    for 30 s hold 300 each; scaled to 1 at 30 s with no more arrivals, both serve at full speed
+    until empty (15 s), and nothing is lost."""
+    from simtoy import setup
+
+    counts = np.concatenate([np.full(30, 60.0), np.zeros(60)])
+
+    class ScaleToOne:
+        name, period_s, offset_s = "scale-to-one", 1e9, 30.0
+
+        def tick(self, now):
+            port.patch_scale("inference", "toy", {"spec": {"replicas": 1}}, dry_run=False)
+
+    model, port, engine = setup(counts, replicas=2, controllers=[ScaleToOne()])
+    result = engine.run()
+    assert result.served.sum() == pytest.approx(counts.sum())
+    # One pod is ready (20 rps of capacity), yet 40 rps leave: the terminating one drains too.
+    assert result.capacity_rps[31:44] == pytest.approx(np.full(13, 20.0))
+    assert result.served[31:44] == pytest.approx(np.full(13, 40.0))
+    assert len(model.pods_of("inference", "toy")) == 1  # gone once its grace period ended
+    assert result.violations[:30].sum() > 0  # the backlog made them late, but all were served
