@@ -35,6 +35,7 @@ Cost is core-seconds of every replica, starting or not.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -412,11 +413,12 @@ class _Cohort:
     names: set[str]
     backlog: float = 0.0  # per member
     settled: int = 0  # leading seconds of the history whose requests have all left
-    x: list[float] = field(default_factory=list)  # inflow per member
-    d: list[float] = field(default_factory=list)  # departures per member
-    n: list[float] = field(default_factory=list)  # members (fractional after a split)
-    share: list[float] = field(default_factory=list)  # a member's share of the stage's inflow
-    sids: list[int] = field(default_factory=list)
+    # Per second (machine arrays, 8 bytes an entry: a week's history stays small):
+    x: array = field(default_factory=lambda: array("d"))  # inflow per member
+    d: array = field(default_factory=lambda: array("d"))  # departures per member
+    n: array = field(default_factory=lambda: array("d"))  # members (fractional after a split)
+    share: array = field(default_factory=lambda: array("d"))  # of the stage's inflow, a member's
+    sids: array = field(default_factory=lambda: array("q"))
 
     @property
     def key(self) -> tuple[int, bool]:
@@ -439,11 +441,11 @@ class _Cohort:
             backlog=self.backlog,
             x=self.x[at:],
             d=self.d[at:],
-            n=[m * (1.0 - keep) for m in self.n[at:]],
+            n=array("d", (m * (1.0 - keep) for m in self.n[at:])),
             share=self.share[at:],
             sids=self.sids[at:],
         )
-        self.n[at:] = [m * keep for m in self.n[at:]]
+        self.n[at:] = array("d", (m * keep for m in self.n[at:]))
         self.names -= names
         return other
 
