@@ -424,7 +424,7 @@ class _Cohort:
     def key(self) -> tuple[int, bool]:
         return (self.sid, self.ready)
 
-    def split(self, names: set[str], t: int) -> _Cohort:
+    def split(self, names: set[str]) -> _Cohort:
         """Move ``names`` into a cohort of their own that shares the history still in flight
         (from the last second after which the backlog was empty), so that their queued
         requests are judged by their own future service."""
@@ -489,8 +489,10 @@ class Serving:
 
     With a routing other than ``pooled`` (see :data:`ROUTINGS`) every replica has its own FIFO
     queue and serves up to its own throughput each second. A new replica joins with an empty
-    queue. A replica that stops being ready (a terminating pod: Kubernetes takes it out of the
-    Service's endpoints at once, ``pkg/controller/endpointslice``) gets no new requests and
+    queue. A replica that stops being ready (a terminating pod: the EndpointSlice controller
+    marks it not ready at once, ``pkg/controller/endpointslice``, and kube-proxy sends it no
+    new connections; its fallback to terminating endpoints when none is ready, KEP-1669, is not
+    modelled: such requests are held, below) gets no new requests and
     drains its queue at its speed during its termination grace period (an inference server
     finishes what it accepted on SIGTERM); what is still queued when it is gone is counted over
     the SLO (its clients get an error, or have long waited past any SLO of interest). The
@@ -613,7 +615,7 @@ class Serving:
                         c.names -= names
                         self._join(st, names, sid, ready, speed, cores, t)
                     else:
-                        other = c.split(names, t)
+                        other = c.split(names)
                         other.sid, other.ready, other.speed, other.cores = sid, ready, speed, cores
                         st.live.append(other)
                         for name in names:
@@ -642,7 +644,7 @@ class Serving:
 
     def _leave(self, st: _StageQueues, c: _Cohort, names: set[str], t: int) -> None:
         if c.backlog > _EMPTY:
-            gone = c.split(names, t)  # its history ends now: the queued requests never leave
+            gone = c.split(names)  # its history ends now: the queued requests never leave
             st.done.append(gone)
         else:
             c.names -= names
