@@ -797,6 +797,14 @@ def backtest(
             "spec's forecast.no_regret).",
         ),
     ] = False,
+    routing: Annotated[
+        str,
+        typer.Option(
+            help="How the Service spreads requests over the pods' own queues: round-robin (a "
+            "Kubernetes Service), least-outstanding (a queue-aware router), or pooled (one "
+            "queue per stage, perfect balancing, for comparison)."
+        ),
+    ] = "pooled",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/backtest"),
     config: Annotated[
         Path | None,
@@ -815,6 +823,7 @@ def backtest(
     from forecasting.models import MODELS
     from surgecast.offline.backtest import POLICIES, BacktestSettings
     from surgecast.offline.scenarios import SCENARIOS
+    from surgecast.offline.simulator import ROUTINGS
     from surgecast.offline.stages import backtest_trace, check_output_dir
 
     names = tuple(_names(policies, "--policies", list(POLICIES)))
@@ -824,6 +833,8 @@ def backtest(
                 raise _fail(f"{flag}: only with --node-cores (nodes of a given size)")
     if scenario is not None and scenario not in SCENARIOS:
         raise _fail(f"--scenario: unknown {scenario!r}; choose from {', '.join(SCENARIOS)}")
+    if routing not in ROUTINGS:
+        raise _fail(f"--routing: unknown {routing!r}; choose from {', '.join(ROUTINGS)}")
     if model not in MODELS:
         raise _fail(f"--model: unknown {model!r}; choose from {', '.join(MODELS)}")
     for flag, value in (("--quantile", quantile), ("--surge-quantile", surge_quantile)):
@@ -857,6 +868,7 @@ def backtest(
         max_nodes=max_nodes,
         node_provision_s=float(node_provision_s),
         seed=seed,
+        routing=routing,
     )
     bar = Progress(
         TextColumn("[progress.description]{task.description}"),

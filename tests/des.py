@@ -2,9 +2,14 @@
 
 Every request gets an exact arrival time: the per-second counts are Poisson draws at the trace's
 rate, and within its second each request arrives uniformly at random (seeded), which together
-make independent (Poisson) arrivals. Replicas pull from one FIFO queue with dynamic batching: a
-free replica takes every waiting request up to its batch size (at least one, waiting for the
-next arrival when the queue is empty) and serves the batch of k requests in ``l(k, c)`` ms. A
+make independent (Poisson) arrivals. With ``routing=None`` replicas pull from one FIFO queue
+with dynamic batching: a free replica takes every waiting request up to its batch size (at least
+one, waiting for the next arrival when the queue is empty) and serves the batch of k requests
+in ``l(k, c)`` ms. With a routing, each request is sent on arrival to one ready replica and
+joins that replica's own FIFO queue, which only it serves, batching the same way:
+``round-robin`` picks a ready replica uniformly at random (seeded; what kube-proxy's iptables
+rules do), ``least-outstanding`` the one with the fewest outstanding requests (queued or in its
+running batch) relative to its throughput at its current shape, ties broken at random. A
 request's latency is its batch's completion time minus its arrival time.
 
 Replicas may change over time, as the cluster does: a replica serves nothing before it is
@@ -18,6 +23,8 @@ from the Kubernetes behaviour being simulated.
 from __future__ import annotations
 
 import heapq
+import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -75,16 +82,20 @@ def timeline_latencies_ms(
     *,
     seed: int = 0,
     even: bool = False,
+    routing: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Arrival time (s) and latency (ms) of every request, in arrival order.
 
     ``even`` spaces each second's arrivals evenly (see ``arrival_times_s``). Requests still
     waiting at the end of the span are served all the same (the queue is drained after it),
-    so every latency is finite.
+    so every latency is finite. ``routing``: None (one shared queue), ``round-robin`` or
+    ``least-outstanding`` (a queue per replica; see the module's docstring).
     """
     if not replicas:
         raise ValueError("at least one replica is needed")
     arrivals = arrival_times_s(counts, seed, even=even)
+    if routing is not None:
+        return arrivals, _routed_latencies_ms(arrivals, profile, replicas, routing, seed)
     service_s: dict[tuple[int, int], float] = {}
     done = np.empty(arrivals.size)
     # Heap of (time the replica is next free, replica index): the first free replica serves.
@@ -108,3 +119,78 @@ def timeline_latencies_ms(
         head = last
         heapq.heappush(free, (finish, i))
     return arrivals, (done - arrivals) * 1000.0
+
+
+ROUTINGS = ("round-robin", "least-outstanding")
+
+
+def _routed_latencies_ms(
+    arrivals: np.ndarray,
+    profile: LatencyProfile,
+    replicas: Sequence[ReplicaTimeline],
+    routing: str,
+    seed: int,
+) -> np.ndarray:
+    """Latency (ms) of every request, each routed on arrival to one replica's own queue."""
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing {routing!r}: choose from {', '.join(ROUTINGS)}")
+    rng = np.random.default_rng(seed + 1_000_003)
+    n_rep = len(replicas)
+    queues: list[deque[int]] = [deque() for _ in range(n_rep)]
+    running = [0] * n_rep  # requests in the replica's running batch
+    done = np.empty(arrivals.size)
+    events: list[tuple[float, int]] = []  # (time a replica becomes free, replica)
+    service_s: dict[tuple[int, int], float] = {}
+    speed: dict[tuple[int, int], float] = {}
+
+    def start(i: int, at: float) -> None:
+        """Replica i, free at ``at``, takes what waits in its queue (up to its batch)."""
+        cores, batch = replicas[i].shape_at(at)
+        k = min(batch, len(queues[i]))
+        key = (k, cores)
+        if key not in service_s:
+            service_s[key] = float(profile.latency_ms(k, cores)) / 1000.0
+        finish = at + service_s[key]
+        for _ in range(k):
+            done[queues[i].popleft()] = finish
+        running[i] = k
+        heapq.heappush(events, (finish, i))
+
+    def settle(until: float) -> None:
+        """Every batch that ends by ``until`` ends; its replica starts the next one."""
+        while events and events[0][0] <= until:
+            at, i = heapq.heappop(events)
+            running[i] = 0
+            if queues[i]:
+                start(i, at)
+
+    for j, a in enumerate(arrivals):
+        settle(a)
+        ready = [i for i in range(n_rep) if replicas[i].ready_s <= a]
+        if not ready:  # nobody serves yet: the first to be ready takes it
+            ready = [min(range(n_rep), key=lambda i: replicas[i].ready_s)]
+        if routing == "round-robin" or len(ready) == 1:
+            i = ready[int(rng.integers(len(ready)))] if len(ready) > 1 else ready[0]
+        else:
+            best = math.inf
+            ties: list[int] = []
+            for r in ready:
+                cores, batch = replicas[r].shape_at(a)
+                h = speed.get((cores, batch))
+                if h is None:
+                    h = speed[(cores, batch)] = float(profile.throughput_rps(batch, cores))
+                score = (len(queues[r]) + max(running[r], 0) + 1) / h
+                if score < best - 1e-12:
+                    best, ties = score, [r]
+                elif score <= best + 1e-12:
+                    ties.append(r)
+            i = ties[int(rng.integers(len(ties)))] if len(ties) > 1 else ties[0]
+        queues[i].append(j)
+        if running[i] == 0:  # idle: it starts at once, or when it turns ready
+            if replicas[i].ready_s <= a:
+                start(i, a)
+            else:
+                running[i] = -1
+                heapq.heappush(events, (float(replicas[i].ready_s), i))
+    settle(math.inf)
+    return (done - arrivals) * 1000.0

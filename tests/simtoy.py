@@ -20,13 +20,15 @@ NS, DEP = "inference", "toy"
 START = pd.Timestamp("2024-03-04T00:00:00Z")
 
 
-def setup(counts, replicas=2, cores=1, cold_start_s=30.0, resize_s=2.0, controllers=()):
-    """(model, port, engine): one Deployment of ``replicas`` × ``cores`` serving ``counts``."""
+def setup(counts, replicas=2, cores=1, cold_start_s=30.0, resize_s=2.0, controllers=(),
+          routing="round-robin"):
+    """(model, port, engine): one Deployment of ``replicas`` × ``cores`` serving ``counts``
+    behind ``routing``."""
     clock = Clock(START.timestamp())
     model = ClusterModel(clock, start_delay_s=cold_start_s, resize_delay_s=resize_s,
                          nodes=[Node("node-1", 64_000)], follow_clock=False)
     model.add_deployment(NS, DEP, replicas=replicas, cores=cores, batch_env="BATCH", batch=1)
     engine = Engine(np.asarray(counts, dtype=float), TOY, model, NS,
                     [StageBinding(DEP, batch_env="BATCH")], slo_ms=500.0,
-                    controllers=controllers)
+                    controllers=controllers, routing=routing)
     return model, SimPort(model), engine

@@ -126,6 +126,7 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
     assert data["trace"] == "synthetic" and data["profile"] == "resnet18"
     assert data["slo_ms"] == 750.0 and data["seconds_simulated"] == 6 * 3600
     assert 0 < data["lower_bound"]["core_hours"] <= data["policies"]["static-peak"]["core_hours"]
+    assert data["settings"]["routing"] == "pooled"  # routing is opt-in for now
     for row in data["policies"].values():
         assert set(row) - {"notes"} == {
             "requests",
@@ -146,7 +147,10 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
 
 def test_the_peak_provisioned_cluster_is_the_cost_ceiling_and_meets_the_slo(result):
     s = {name: run.summary() for name, run in result.runs.items()}
-    assert s["static-peak"]["violation_rate"] < 0.001
+    # The SLO is a p99 target (the planner sizes the p99 latency for it). Behind a Service
+    # (round-robin: each pod its own queue) the peak-sized pods put 0.18 % over it; with one
+    # queue for all pods (routing="pooled") under 0.1 %.
+    assert s["static-peak"]["violation_rate"] < 0.005
     for name in ("hpa", "themis", "surgecast", "perfect-forecast"):
         assert s[name]["core_hours"] < s["static-peak"]["core_hours"], name
 
@@ -237,6 +241,8 @@ def test_cli_backtest_writes_the_report_and_prints_the_table(tmp_path):
         "3",
         "--policies",
         "hpa,surgecast,static-peak",
+        "--routing",
+        "least-outstanding",
         "--start",
         "2024-03-07T00:00:00Z",
         "--end",
@@ -250,6 +256,7 @@ def test_cli_backtest_writes_the_report_and_prints_the_table(tmp_path):
     assert set(data["policies"]) == {
         "hpa", "surgecast", "surgecast-no-bridge", "surgecast-no-forecast", "static-peak"
     }
+    assert data["settings"]["routing"] == "least-outstanding"
     assert (out / "report.html").exists() and "surgecast" in done.output
     bad = CliRunner().invoke(app, [*args[:-2], "--out", str(out), "--slo-ms", "-5"])
     assert bad.exit_code == 2

@@ -157,6 +157,8 @@ for value in ["", "prophet", "Hybrid", "naive,hybrid"]:
     case(f"backtest --model {value!r}", [*BACKTEST, f"--model={value}"], "--model")
 for value in [",", "", "hpa,hpa", "k8s", "hpa,", "ALL"]:
     case(f"backtest --policies {value!r}", [*BACKTEST, f"--policies={value}"], "--policies")
+for value in ["", "random", "ROUND-ROBIN", "round-robin,pooled"]:
+    case(f"backtest --routing {value!r}", [*BACKTEST, f"--routing={value}"], "--routing")
 for flag in ("--replicas", "--cores", "--batch"):
     for value in ["0", "-1", "1.5", "abc", "", "1,2", "1,,1", "1e3", "9999999999", "nan"]:
         case(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cache, partial
 
 import numpy as np
+import pandas as pd
 import pytest
 from des import ReplicaTimeline, timeline_latencies_ms
 
@@ -64,27 +65,45 @@ class Scripted:
         return None if shape is None else [shape]
 
 
-def run(counts, shape, script=None, slo_ms=500.0, cold_start_s=30, resize_s=2, guards=no_guards):
+def run(
+    counts,
+    shape,
+    script=None,
+    slo_ms=500.0,
+    cold_start_s=30,
+    resize_s=2,
+    guards=no_guards,
+    routing="round-robin",
+):
     return simulate(
         np.asarray(counts, dtype=float),
         TOY,
         Scripted(script or {}),
         [shape],
-        SimulationSettings(slo_ms=slo_ms, cold_start_s=cold_start_s, resize_s=resize_s),
+        SimulationSettings(
+            slo_ms=slo_ms, cold_start_s=cold_start_s, resize_s=resize_s, routing=routing
+        ),
         guards,
     )
 
 
 def test_light_load_no_backlog_almost_no_violations_and_cost_is_cores_times_time():
-    result = run(np.full(600, 30.0), StageConfig(2, 1, 1))  # 40 rps of capacity
+    result = run(np.full(600, 30.0), StageConfig(2, 1, 1), routing="pooled")  # 40 rps
     assert result.served.sum() == pytest.approx(30.0 * 600)
     # No backlog; Poisson bursts within a second leave a tail over 500 ms (ten service times)
-    # of a few requests in 10^5, under the validation bar's floor of 0.05 %.
+    # of a few requests in 10^5 when both replicas share one queue (an M/D/2 queue at 75 %).
     assert result.violations.sum() / (30.0 * 600) < 1e-4
     summary = result.summary()
     assert summary["core_hours"] == pytest.approx(2 * 600 / 3600)
     assert summary["mean_utilisation"] == pytest.approx(30 / 40)
     assert summary["violation_minutes"] == 0 and summary["actions"] == 0
+    # Routed at random, each replica is an M/D/1 queue at 75 %: a share ρ = 0.75 waits, and
+    # the wait's tail is far longer than the shared queue's (0.6 % over 500 ms, measured).
+    # A queue-aware router shares the load about as well as one queue does.
+    routed = run(np.full(600, 30.0), StageConfig(2, 1, 1)).violations.sum() / (30.0 * 600)
+    least = run(np.full(600, 30.0), StageConfig(2, 1, 1), routing="least-outstanding")
+    assert 0.002 < routed < 0.02
+    assert least.violations.sum() / (30.0 * 600) < 1e-4
 
 
 def test_overload_wait_grows_and_violations_match_the_fluid_queue():
@@ -436,12 +455,17 @@ class Agreement:
 
 
 @cache
-def compare(index: int) -> Agreement:
-    """Runs window ``index`` through both simulations (seeded; the same per-second counts)."""
+def compare(index: int, routing: str = "pooled") -> Agreement:
+    """Runs window ``index`` through both simulations (seeded; the same per-second counts),
+    both with one queue per stage (``pooled``) or both with a queue per replica and the same
+    routing."""
     window = WINDOWS[index]
     rng = np.random.default_rng(100 + index)
     counts = np.concatenate([rng.poisson(window.rates_rps).astype(float), np.zeros(DRAIN_S)])
-    _, latencies = timeline_latencies_ms(counts, RESNET, window.replicas, seed=index)
+    des_routing = None if routing == "pooled" else routing
+    _, latencies = timeline_latencies_ms(
+        counts, RESNET, window.replicas, seed=index, routing=des_routing
+    )
     if window.slo_quantile is None:
         slo_ms = window.slo_ms
     else:
@@ -452,7 +476,10 @@ def compare(index: int) -> Agreement:
         Scripted(window.script),
         [window.initial],
         SimulationSettings(
-            slo_ms=slo_ms, cold_start_s=window.cold_start_s, resize_s=window.resize_s
+            slo_ms=slo_ms,
+            cold_start_s=window.cold_start_s,
+            resize_s=window.resize_s,
+            routing=routing,
         ),
         no_guards,
     )
@@ -551,7 +578,7 @@ def test_near_slo_tail_comes_from_sub_second_poisson_bursts():
             RESNET_PIPELINE,
             Scripted({}),
             [window.initial],
-            SimulationSettings(slo_ms=result.slo_ms),
+            SimulationSettings(slo_ms=result.slo_ms, routing="pooled"),
             no_guards,
         )
         backlog_only = count_violations(
@@ -637,3 +664,303 @@ def test_request_level_simulation_known_answers():
         counts, RESNET, (ReplicaTimeline(1, 1, resizes=((3.0, 4, 1),)),), even=True
     )
     assert lat == pytest.approx([one] * 3 + [RESNET.latency_ms(1, 4)] * 3)
+
+
+# -- per-replica queues: both routings against the request-level simulation ---------------------
+#
+# The same windows and the same bar, with a queue per replica in both simulations and the same
+# routing: ``round-robin`` (the request-level one picks a ready replica uniformly at random,
+# as kube-proxy's iptables rules do; the fluid one splits each second's inflow equally) and
+# ``least-outstanding`` (the request-level one picks the replica with the fewest outstanding
+# requests relative to its throughput; the fluid one water-fills the second's inflow).
+
+ROUTED = ("round-robin", "least-outstanding")
+SAMPLED = (
+    "fluid too low at p99.8 of fast replicas without large batches: over 10 minutes the "
+    "request-level share that far out rests on a few multi-second excursions of single "
+    "replicas' queues; over 5,000 s the 8x1c b1 shape at 85 % puts 0.015 % over the same "
+    "1,070 ms (fluid 0.023 %)"
+)
+BATCH_TAIL = (
+    "fluid too high at the far tail of slow replicas with large batches: the bulk-service "
+    "chain's batch a request rides in (its place in the queue plus those expected behind it) "
+    "is too large there"
+)
+POOLED_TAIL = (
+    "fluid too high: the replicas a queue-aware router keeps busy are modelled as one server "
+    "picking up every l(k)/n, which waits too long when a replica could pick up at once "
+    "(the pooled model's gap, with batches of 4-8)"
+)
+ROUTED_GAPS = {  # (routing, replicas, cores, batch, quantile): measured, fluid/des in comments
+    ("round-robin", 8, 1, 1, 0.998): SAMPLED,  # 0.023 % vs 0.199 % (0.12x)
+    ("round-robin", 6, 2, 2, 0.998): SAMPLED,  # 0.061 % vs 0.200 % (0.30x)
+    ("round-robin", 4, 1, 4, 0.998): BATCH_TAIL,  # 0.449 % vs 0.198 % (2.3x)
+    ("round-robin", 2, 1, 8, 0.99): BATCH_TAIL,  # 2.13 % vs 0.99 % (2.2x)
+    ("round-robin", 2, 1, 8, 0.998): BATCH_TAIL,  # 1.13 % vs 0.194 % (5.8x)
+    ("least-outstanding", 8, 1, 1, 0.998): SAMPLED,  # 0.070 % vs 0.177 % (0.40x)
+    ("least-outstanding", 6, 2, 2, 0.998): SAMPLED,  # 0.077 % vs 0.180 % (0.42x)
+    ("least-outstanding", 4, 1, 4, 0.998): POOLED_TAIL,  # 0.450 % vs 0.195 % (2.3x)
+    ("least-outstanding", 3, 4, 8, 0.96): POOLED_TAIL,  # 15.9 % vs 3.97 % (4.0x)
+    ("least-outstanding", 3, 4, 8, 0.99): POOLED_TAIL,  # 3.30 % vs 0.95 % (3.5x)
+    ("least-outstanding", 2, 1, 8, 0.96): POOLED_TAIL,  # 10.7 % vs 3.99 % (2.7x)
+    ("least-outstanding", 2, 1, 8, 0.99): POOLED_TAIL,  # 2.83 % vs 0.98 % (2.9x)
+    ("least-outstanding", 2, 1, 8, 0.998): POOLED_TAIL,  # 0.694 % vs 0.200 % (3.5x)
+}
+
+
+def routed_gap(window: Window, routing: str) -> str:
+    if window.slo_quantile is None:
+        return ""
+    shape = window.initial
+    return ROUTED_GAPS.get(
+        (routing, shape.replicas, shape.cores, shape.batch, window.slo_quantile), ""
+    )
+
+
+def _routed_params():
+    for routing in ROUTED:
+        for i, w in enumerate(WINDOWS):
+            gap = routed_gap(w, routing)
+            marks = [pytest.mark.xfail(strict=True, reason=gap)] if gap else []
+            yield pytest.param(i, routing, id=f"{routing}, {w.regime}: {w.name}", marks=marks)
+
+
+@pytest.mark.parametrize(("index", "routing"), list(_routed_params()))
+def test_per_replica_queues_agree_with_a_request_level_simulation(index, routing):
+    """Share of requests over the SLO with a queue per replica, fluid vs request-level, for
+    both routings (the bar above ``SHARE_FLOOR``). The near-SLO windows put the SLO at the
+    request-level p96, p99 and p99.8, so they check those percentiles: at the request-level
+    p99 the fluid share must be within a factor 2 of 1 %.
+
+    Measured (``pytest -s test_per_replica_agreement_table`` prints it): where a backlog sets
+    the share (overload, recovery, cold starts, resizes) within 4.1 % (round-robin) and 5.8 %
+    (least-outstanding); near the SLO round-robin meets the bar in 16 of 21 windows
+    (fluid/des 0.77-1.75), least-outstanding in 13 of 21 (0.58-1.55); ``ROUTED_GAPS`` says
+    why the others miss.
+    """
+    window = WINDOWS[index]
+    result = compare(index, routing)
+    assert result.requests > 10_000
+    assert agrees(result.fluid_share, result.des_share), (
+        f"{routing} {window.regime} {window.name}: SLO {result.slo_ms:g} ms, fluid "
+        f"{result.fluid_share:.4%} vs request-level {result.des_share:.4%}"
+    )
+
+
+def test_per_replica_agreement_table():
+    """Prints both routings' tables (run with ``-s``); the worst error of the windows that meet
+    the bar is within it, per tier."""
+    print()
+    for routing in ROUTED:
+        queue, tail = [], []
+        for index, window in enumerate(WINDOWS):
+            r = compare(index, routing)
+            rel = relative_error(r.fluid_share, r.des_share)
+            gap = routed_gap(window, routing)
+            verdict = "ok" if agrees(r.fluid_share, r.des_share) else "MISS"
+            print(
+                f"{routing:<18}{window.regime:<11}{window.name:<46}{r.slo_ms:>7.0f}"
+                f"{r.fluid_share:>9.3%}{r.des_share:>9.3%}{rel:>9.2f}  {verdict}"
+            )
+            if gap:
+                assert verdict == "MISS", (routing, window.name)  # a fixed gap is unlisted
+                continue
+            if r.des_share >= HIGH_SHARE:
+                queue.append(rel)
+            elif max(r.fluid_share, r.des_share) >= SHARE_FLOOR:
+                tail.append(abs(math.log(r.fluid_share / r.des_share)))
+        print(
+            f"{routing}: worst |fluid - des| / des at >= {HIGH_SHARE:.0%}: {max(queue):.3f}; "
+            f"worst factor at {SHARE_FLOOR:.1%}-{HIGH_SHARE:.0%}: {math.exp(max(tail)):.2f}"
+        )
+        assert max(queue) <= QUEUE_REL_BAR
+        assert max(tail) <= math.log(TAIL_FACTOR_BAR)
+
+
+# -- a slow replica: what routing does with it ------------------------------------------------
+#
+# Four pods of 4 cores at batch 4, one of which is resized in place to 1 core at the start
+# (through the pods/resize subresource of the backtest's cluster model; effective at 2 s): 3 x
+# 98.1 rps + 30.7 rps. The fluid side is the backtest's engine on that model (the capacity comes
+# from the pods as the kubelet runs them), the request-level side the same four replicas.
+
+HETERO_START = pd.Timestamp("2024-03-04T00:00:00Z")
+HETERO_REPLICAS = (ReplicaTimeline(4, 4),) * 3 + (ReplicaTimeline(4, 4, resizes=((2.0, 1, 4),)),)
+HETERO_DRAIN_S = 240
+
+
+class _ShrinkOnePod:
+    """Resizes the first pod (by name) of the Deployment to 1 core, once, at the start."""
+
+    name, period_s, offset_s = "shrink-one", 1e9, 0.0
+
+    def __init__(self, port) -> None:
+        self.port = port
+
+    def tick(self, now) -> None:
+        pods = self.port.pods("inference", {"app": "resnet"})
+        first = sorted(p["metadata"]["name"] for p in pods)[0]
+        cpu = {"cpu": "1"}
+        body = {"spec": {"containers": [
+            {"name": "server", "resources": {"requests": cpu, "limits": cpu}}
+        ]}}
+        self.port.patch_resize("inference", first, body, dry_run=False)
+
+
+def _hetero_capacity() -> float:
+    return 3 * float(RESNET.throughput_rps(4, 4)) + float(RESNET.throughput_rps(4, 1))
+
+
+@cache
+def hetero_compare(load: float, seconds: int, routing: str, slo_ms: float = 0.0,
+                   quantile: float = 0.0) -> Agreement:
+    """The slow-replica cluster at ``load`` of its capacity for ``seconds``, both ways."""
+    from surgecast.offline.cluster import Clock, ClusterModel, Node
+    from surgecast.offline.engine import Engine, StageBinding
+    from surgecast.offline.port import SimPort
+
+    rng = np.random.default_rng(7)
+    rates = np.full(seconds, load * _hetero_capacity())
+    counts = np.concatenate([rng.poisson(rates).astype(float), np.zeros(HETERO_DRAIN_S)])
+    _, latencies = timeline_latencies_ms(counts, RESNET, HETERO_REPLICAS, seed=5, routing=routing)
+    if quantile:
+        slo_ms = float(math.ceil(np.quantile(latencies, quantile)))
+    model = ClusterModel(Clock(HETERO_START.timestamp()), start_delay_s=30.0,
+                         resize_delay_s=2.0, nodes=[Node("node-1", 64_000)], follow_clock=False)
+    model.add_deployment("inference", "resnet", replicas=4, cores=4, batch_env="BATCH", batch=4)
+    engine = Engine(counts, RESNET_PIPELINE, model, "inference",
+                    [StageBinding("resnet", batch_env="BATCH")], slo_ms=slo_ms, routing=routing)
+    engine.controllers.append(_ShrinkOnePod(SimPort(model)))
+    fluid = engine.run()
+    assert fluid.capacity_rps[1] > fluid.capacity_rps[2] == pytest.approx(_hetero_capacity())
+    assert fluid.served.sum() == pytest.approx(counts.sum())
+    return Agreement(
+        slo_ms=slo_ms,
+        requests=int(counts.sum()),
+        fluid_share=float(fluid.violations.sum() / counts.sum()),
+        des_share=float(np.mean(latencies > slo_ms)),
+        des_latencies_ms=latencies,
+        fluid_result=fluid,
+    )
+
+
+@pytest.mark.parametrize("routing", ROUTED)
+def test_a_slow_replica_behind_each_routing_agrees_with_a_request_level_simulation(routing):
+    """At half the four pods' capacity (SLO 300 ms): round-robin gives the 1-core pod a
+    quarter of the load, 40.6 rps on 30.7 rps, so its queue grows for the whole window and a
+    quarter of all requests go over the SLO (measured: fluid 24.8 %, request-level 24.6 %);
+    least-outstanding sends it only what it can take and nobody is late (both 0)."""
+    result = hetero_compare(0.5, 300, routing, slo_ms=300.0)
+    assert result.requests > 40_000
+    assert agrees(result.fluid_share, result.des_share), (
+        f"{routing}: fluid {result.fluid_share:.4%} vs request-level {result.des_share:.4%}"
+    )
+
+
+def test_round_robin_is_late_where_least_outstanding_is_not_with_a_slow_replica():
+    robin = hetero_compare(0.5, 300, "round-robin", slo_ms=300.0)
+    least = hetero_compare(0.5, 300, "least-outstanding", slo_ms=300.0)
+    assert robin.fluid_share > 0.2 and robin.des_share > 0.2
+    assert least.fluid_share < SHARE_FLOOR and least.des_share < SHARE_FLOOR
+    # The slow pod's queue is real in the fluid model: its backlog ends the load's 300 s at
+    # about (40.6 - 30.7) rps x 300 s, and it alone serves it.
+    backlog_s = robin.fluid_result.served[300:] > 0
+    assert 80 <= backlog_s.sum() <= 120
+
+
+HETERO_NEAR_GAPS = {
+    0.99: "fluid too low: 3 fast pods pooled stand for 3 fast + 1 slow (0.50x, 0.49 % vs 0.98 %)",
+    0.998: "fluid too low: 3 fast pods pooled stand for 3 fast + 1 slow (0.46x)",
+}
+
+
+@pytest.mark.parametrize(
+    "quantile",
+    [
+        pytest.param(q, marks=[pytest.mark.xfail(strict=True, reason=HETERO_NEAR_GAPS[q])]
+                     if q in HETERO_NEAR_GAPS else [])
+        for q in NEAR_SLO_QUANTILES
+    ],
+)
+def test_a_slow_replica_near_the_slo_behind_least_outstanding(quantile):
+    """At 85 % of the four pods' capacity, the SLO at the request-level p96, p99, p99.8:
+    least-outstanding keeps the slow pod out of the tail; the fluid tail, the fastest shape
+    pooled, is within the bar at p96 (0.91x) and a little too low beyond."""
+    result = hetero_compare(0.85, 600, "least-outstanding", quantile=quantile)
+    assert agrees(result.fluid_share, result.des_share), (
+        f"p{100 * quantile:g}: fluid {result.fluid_share:.4%} vs {result.des_share:.4%}"
+    )
+
+
+# -- per-replica queues: known answers ------------------------------------------------------------
+
+
+def _backlog_then_a_second_replica(routing):
+    # One 20-rps replica under 30 rps builds a backlog of 10 per second; a second replica asked
+    # for at 0 is ready at 60 s, when the first holds 600 requests.
+    counts = np.full(300, 30.0)
+    return run(counts, StageConfig(1, 1, 1), script={0: StageConfig(2, 1, 1)}, cold_start_s=60,
+               slo_ms=2000.0, routing=routing)
+
+
+def test_a_new_replica_joins_with_an_empty_queue_and_round_robin_leaves_the_old_one_its_own():
+    """Round-robin: each replica gets 15 rps; the old one drains its 600 at 20 - 15 = 5 per
+    second (120 s) while the new one idles at 75 %, so 35 rps are served where one shared queue
+    would serve 40 (and drain in 60 s). The requests sent to the new replica meet no queue."""
+    robin = _backlog_then_a_second_replica("round-robin")
+    pooled = _backlog_then_a_second_replica("pooled")
+    assert robin.served[:60] == pytest.approx(np.full(60, 20.0))
+    assert robin.served[61:179] == pytest.approx(np.full(118, 35.0))
+    assert robin.served[181:] == pytest.approx(np.full(119, 30.0))
+    assert pooled.served[61:119] == pytest.approx(np.full(58, 40.0))
+    assert pooled.served[121:] == pytest.approx(np.full(179, 30.0))
+    # Over a 2 s SLO: round-robin's late requests are the old replica's 15 rps while its wait
+    # (600 - 5τ)/20 s exceeds 2 s, τ < 112 s: 1,680; the new replica's half is on time. One
+    # shared queue makes all 30 rps late while (600 - 10τ)/40 > 2, τ < 52 s: 1,560.
+    assert robin.violations[60:180].sum() == pytest.approx(15 * 112, rel=0.01)
+    assert pooled.violations[60:180].sum() == pytest.approx(30 * 52, rel=0.01)
+
+
+def test_least_outstanding_fills_the_new_replica_until_the_queues_even_out():
+    """Least-outstanding sends every request to the empty replica first (30 rps into 20: its
+    queue grows by 10/s while the old one drains at 20/s), so both serve at full speed and the
+    600 are gone in 60 s, as with one shared queue."""
+    least = _backlog_then_a_second_replica("least-outstanding")
+    assert least.served[61:119] == pytest.approx(np.full(58, 40.0))
+    assert least.served[121:] == pytest.approx(np.full(179, 30.0))
+
+
+def test_a_replica_removed_at_once_loses_its_queue_and_it_counts_over_the_slo():
+    """The shape-driven cluster removes replicas at once: the queue of the one removed (two
+    replicas at 60 rps for 10 s: 10 queued each per second, 100 each) is never served and
+    counts over the SLO."""
+    counts = np.concatenate([np.full(10, 60.0), np.zeros(50)])
+    result = run(counts, StageConfig(2, 1, 1), script={10: StageConfig(1, 1, 1)},
+                 slo_ms=60_000.0)
+    assert result.served.sum() == pytest.approx(counts.sum() - 100.0)
+    assert result.violations.sum() == pytest.approx(100.0, rel=0.02)
+
+
+def test_a_terminating_pod_drains_its_queue_during_its_grace_period():
+    """On the cluster model a pod scaled away terminates for its 30 s grace period: out of the
+    Service at once (no new requests), it serves what it queued. Two 20-rps pods under 60 rps
+    for 30 s hold 300 each; scaled to 1 at 30 s with no more arrivals, both serve at full speed
+    until empty (15 s), and nothing is lost."""
+    from simtoy import setup
+
+    counts = np.concatenate([np.full(30, 60.0), np.zeros(60)])
+
+    class ScaleToOne:
+        name, period_s, offset_s = "scale-to-one", 1e9, 30.0
+
+        def tick(self, now):
+            port.patch_scale("inference", "toy", {"spec": {"replicas": 1}}, dry_run=False)
+
+    model, port, engine = setup(counts, replicas=2, controllers=[ScaleToOne()])
+    result = engine.run()
+    assert result.served.sum() == pytest.approx(counts.sum())
+    # One pod is ready (20 rps of capacity), yet 40 rps leave: the terminating one drains too.
+    assert result.capacity_rps[31:44] == pytest.approx(np.full(13, 20.0))
+    assert result.served[31:44] == pytest.approx(np.full(13, 40.0))
+    assert len(model.pods_of("inference", "toy")) == 1  # gone once its grace period ended
+    assert result.violations[:30].sum() > 0  # the backlog made them late, but all were served

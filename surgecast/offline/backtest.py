@@ -49,6 +49,7 @@ from surgecast.offline.engine import Controller, Engine, StageBinding
 from surgecast.offline.port import SimPort
 from surgecast.offline.scenarios import apply_scenario
 from surgecast.offline.simulator import (
+    ROUTINGS,
     SimulationResult,
     per_minute,
 )
@@ -130,6 +131,13 @@ class BacktestSettings:
             ``forecast.no_regret``.
         max_replicas, max_cores: bounds; None = what the profile needs at the trace's peak.
         seed: seed of the arrivals and of the model.
+        routing: how each stage's Service spreads requests over its Ready pods, each with its
+            own queue (:data:`surgecast.offline.simulator.ROUTINGS`): ``round-robin``, what a
+            Kubernetes Service gives (kube-proxy picks an endpoint at random, whatever its
+            speed); ``least-outstanding`` (a queue-aware router such as Envoy's
+            LEAST_REQUEST); ``pooled`` (one queue per stage: perfect balancing), the default
+            until the README's tables are re-measured on a routed cluster
+            (docs/evaluation.md).
     """
 
     slo_ms: float = 750.0
@@ -161,6 +169,7 @@ class BacktestSettings:
     max_replicas: int | None = None
     max_cores: int | None = None
     seed: int = 0
+    routing: str = "pooled"
 
     def __post_init__(self) -> None:
         checks = (
@@ -446,6 +455,10 @@ def run_backtest(
         BadInputError: a span outside the trace, or too little history before it.
     """
     started = time.perf_counter()
+    if settings.routing not in ROUTINGS:
+        raise BadInputError(
+            f"--routing: unknown {settings.routing!r}; choose from {', '.join(ROUTINGS)}"
+        )
     unknown = [p for p in settings.policies if p not in POLICIES]
     if unknown:
         raise BadInputError(
@@ -770,6 +783,7 @@ def _run_on_model(name: str, ctx: _Context, model_fc: ModelForecaster | None, pr
                                                                                 strict=True)],
         slo_ms=s.slo_ms,
         progress=progress,
+        routing=s.routing,
     )
     if name == "hpa":
         for dep in names:

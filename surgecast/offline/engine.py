@@ -10,7 +10,8 @@ Every simulated second the engine
   node until it is gone, for the larger of its desired and running CPU while a resize is under
   way (:class:`ModelCapacity`); and the nodes cost what they can hold, joined or provisioning,
   whatever runs on them (the node core-hours a cloud bills);
-* serves the second's arrivals (:class:`surgecast.offline.simulator.Serving`);
+* serves the second's arrivals (:class:`surgecast.offline.simulator.Serving`), routed to the
+  Ready pods' own queues (``routing``; one pooled queue per stage by default);
 * keeps the CPU the served load kept busy, which the model's metrics API reports to the HPA
   controller at its sync: utilisation = busy cores / requested cores of the ready pods,
   averaged over the metrics window, as metrics-server reports it;
@@ -87,7 +88,14 @@ class Controller(Protocol):
 
 class ModelCapacity:
     """Per stage, what the model's pods serve and cost now (the capacity source of
-    :class:`~surgecast.offline.simulator.Serving`); recomputed only when the model changed."""
+    :class:`~surgecast.offline.simulator.Serving`); recomputed only when the model changed.
+
+    Besides the stage aggregates, ``_pods`` lists every pod of a stage as ``(name,
+    speed_rps, batch, cores, ready)`` (terminating pods included, not ready: the serving
+    engine lets them drain what they queued while their grace period runs), and
+    ``_pods_version`` changes whenever it is recomputed, so that the engine routes to
+    the pods as they are.
+    """
 
     def __init__(
         self,
@@ -108,6 +116,8 @@ class ModelCapacity:
         self._shape_ready: list[tuple[int, int]] = [(1, 1)] * n
         self._cost = 0.0
         self._node_cores = 0.0
+        self._pods: list[list[tuple[str, float, int, int, bool]]] = [[] for _ in range(n)]
+        self._pods_version = 0
         self.scheduled = [0] * n
         self.cores = [1] * n
         self.signature: tuple = ()
@@ -128,6 +138,7 @@ class ModelCapacity:
             slowest = (0.0, 1, 1)
             scheduled = 0
             desired_live = []
+            pods = self._pods[s] = []
             for pod in self.model.pods_of(self.namespace, stage.deployment):
                 if pod["spec"].get("nodeName"):
                     # what the pod holds on its node: a resize refused as Infeasible holds
@@ -136,18 +147,20 @@ class ModelCapacity:
                     if _condition_reason(pod, "PodResizePending") != "Infeasible":
                         held_m = max(held_m, _desired(pod))
                     cost += held_m / 1000.0
-                if _terminating(pod):
-                    continue
-                scheduled += 1
-                desired_live.append(_desired(pod))
-                if not _ready(pod):
-                    continue
                 cores = max(1, round(_allocated(pod) / 1000))
                 batch = _batch(pod, stage)
                 key = (s, batch, cores)
                 speed = self._throughput.get(key)
                 if speed is None:
                     speed = self._throughput[key] = float(profile.throughput_rps(batch, cores))
+                is_ready = _ready(pod)
+                pods.append((pod["metadata"]["name"], speed, batch, cores, is_ready))
+                if _terminating(pod):
+                    continue
+                scheduled += 1
+                desired_live.append(_desired(pod))
+                if not is_ready:
+                    continue
                 ready += 1
                 ready_cores += cores
                 requested += _desired(pod) / 1000.0
@@ -165,6 +178,7 @@ class ModelCapacity:
             signature.append((dep["spec"]["replicas"] if dep else 0, tuple(sorted(desired_live))))
         self._cost = cost
         self._node_cores = sum(n.allocatable_millicores for n in self.model.nodes) / 1000.0
+        self._pods_version += 1
         self.signature = tuple(signature)
 
 
@@ -196,6 +210,9 @@ class Engine:
         slo_ms: the latency SLO.
         controllers: ticked at their cadence; more may be appended before :meth:`run`.
         progress: called with the seconds done, every 3,600 s.
+        routing: how each stage's Service spreads requests over its ready pods
+            (:data:`surgecast.offline.simulator.ROUTINGS`; a Kubernetes Service is
+            ``round-robin``).
     """
 
     def __init__(
@@ -209,6 +226,7 @@ class Engine:
         slo_ms: float,
         controllers: Sequence[Controller] = (),
         progress: Callable[[int], None] | None = None,
+        routing: str = "pooled",
     ) -> None:
         if len(stages) != len(pipeline.stages):
             raise ValueError(
@@ -222,7 +240,7 @@ class Engine:
         self.start_s = model.clock.now
         self.slo_ms = slo_ms
         self.capacity = ModelCapacity(model, namespace, stages, pipeline)
-        self.serving = Serving(self.arrivals, pipeline)
+        self.serving = Serving(self.arrivals, pipeline, routing)
         self.node_cores = np.zeros(len(self.arrivals))
         """Allocatable cores of the nodes that exist (joined or provisioning), per second."""
         self.controllers = list(controllers)

@@ -9,20 +9,25 @@ second:
   their cores are paid for from the moment they are scheduled), an in-place resize (cores or
   batch) takes ``resize_s`` and the replica pays for the larger of its old and new cores
   meanwhile, removed replicas go at once (starting ones first);
-* each stage serves up to its capacity, the sum of its ready replicas' throughputs
-  ``h(b, c) = 1000·b / l(b, c)`` from the latency profile, from a FIFO backlog carried across
-  seconds; what a stage serves flows into the next one in the same second.
+* each stage's inflow is routed to its ready replicas (``round-robin``, what a Kubernetes
+  Service gives, or ``least-outstanding``; see :data:`ROUTINGS`), each of which serves its own
+  FIFO backlog, carried across seconds, up to its own throughput ``h(b, c) = 1000·b / l(b, c)``
+  from the latency profile (replicas differ while a resize or a rollout is under way); what a
+  stage serves flows into the next one in the same second. The former idealisation, one
+  backlog per stage served at the summed capacity (perfect balancing), is the ``pooled``
+  routing.
 
 Replicas batch greedily (dynamic batching with no queue delay, the default of inference
 servers): a free replica takes whatever is waiting, up to its batch size. A request's latency is
-its wait in the fluid backlog plus a within-second latency L: the queueing behind sub-second
-Poisson bursts and the batch it rides in, from the stationary distribution of a bulk-service
-queue at the arrival rate of the last ``TAIL_WINDOW_S`` seconds (``latency_tail``). The backlog
-wait is exact for fluid FIFO service: arrivals are spread evenly over each second, cumulative
-departures are linear within each second, and a request with index i that arrives at time a
-leaves when the departure curve reaches i. Requests are counted in ``SUBSLOTS`` slices per
-second. Along a pipeline the stages' latencies add. ``service_ms`` still reports the batch
-service time l(k, c) of the batch k = λ·l(k, c)/1000 a replica forms at its per-second rate.
+its wait in its replica's fluid backlog plus a within-second latency L: the queueing behind
+sub-second Poisson bursts and the batch it rides in, from the stationary distribution of a
+bulk-service queue at the arrival rate of the last ``TAIL_WINDOW_S`` seconds (``latency_tail``;
+per replica under round-robin, pooled under least-outstanding). The backlog wait is exact for
+fluid FIFO service: arrivals are spread evenly over each second, cumulative departures are
+linear within each second, and a request with index i that arrives at time a leaves when its
+queue's departure curve reaches i. Requests are counted in ``SUBSLOTS`` slices per second. Along
+a pipeline the stages' latencies add. ``service_ms`` reports the batch service time l(k, c) of
+the batch k = λ·l(k, c)/1000 the slowest ready replica forms at its per-second rate.
 
 Cost is core-seconds of every replica, starting or not.
 """
@@ -30,6 +35,7 @@ Cost is core-seconds of every replica, starting or not.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -58,6 +64,7 @@ class _Replica:
     # In-place resizes still to come: (second it takes effect, cores, batch), in time order.
     pending: list[tuple[int, int, int]] = field(default_factory=list)
     remove_at: int = -1  # -1: not being removed
+    name: str = ""
 
 
 def per_minute(per_second: np.ndarray, how: str = "mean") -> np.ndarray:
@@ -194,11 +201,13 @@ class SimulationSettings:
         slo_ms: end-to-end latency SLO (ms) a request must meet.
         cold_start_s: seconds from scheduling a replica to it serving.
         resize_s: seconds an in-place resize (cores or batch) takes to apply.
+        routing: how a stage's inflow reaches its replicas (:data:`ROUTINGS`).
     """
 
     slo_ms: float
     cold_start_s: int = 30
     resize_s: int = 2
+    routing: str = "pooled"
 
 
 class Cluster:
@@ -218,8 +227,9 @@ class Cluster:
         self.pipeline = pipeline
         self.settings = settings
         # Everyone starts warm: the initial replicas are ready at second 0.
+        self._names = 0
         self.replicas: list[list[_Replica]] = [
-            [_Replica(c.cores, c.batch, 0) for _ in range(c.replicas)] for c in initial
+            [self._new(c.cores, c.batch, 0) for _ in range(c.replicas)] for c in initial
         ]
         self.shape: list[StageConfig] = list(initial)
         self._next_event = 0
@@ -230,7 +240,13 @@ class Cluster:
         self._shape_ready: list[tuple[int, int]] = [(1, 1)] * n
         self._resizing = [0] * n
         self._cost = 0
+        self._pods: list[list[tuple[str, float, int, int, bool]]] = [[] for _ in range(n)]
+        self._pods_version = 0
         self._dirty = True
+
+    def _new(self, cores: int, batch: int, ready_at: int) -> _Replica:
+        self._names += 1
+        return _Replica(cores, batch, ready_at, name=f"replica-{self._names}")
 
     # -- acting -------------------------------------------------------------------------------
 
@@ -267,7 +283,7 @@ class Cluster:
         if adding:
             ready_at = now_s + self.settings.cold_start_s
             reps.extend(
-                _Replica(target.cores, target.batch, ready_at)
+                self._new(target.cores, target.batch, ready_at)
                 for _ in range(target.replicas - len(reps))
             )
         elif target.replicas < len(reps):
@@ -300,6 +316,7 @@ class Cluster:
             capacity = 0.0
             ready = ready_cores = resizing = 0
             slowest = (0.0, 1, 1)
+            pods = self._pods[s] = []
             for rep in reps:
                 while rep.pending and rep.pending[0][0] <= now_s:
                     _, rep.cores, rep.batch = rep.pending.pop(0)
@@ -315,10 +332,11 @@ class Cluster:
                 cost += paid
                 if rep.remove_at > now_s:
                     next_event = min(next_event, rep.remove_at)
+                speed = _throughput(profile, rep.batch, rep.cores)
+                pods.append((rep.name, speed, rep.batch, rep.cores, rep.ready_at <= now_s))
                 if rep.ready_at <= now_s:
                     ready += 1
                     ready_cores += rep.cores
-                    speed = _throughput(profile, rep.batch, rep.cores)
                     capacity += speed
                     # Mixed shapes during a change: judge latency by the slowest replica.
                     if slowest[0] == 0 or speed < slowest[0]:
@@ -332,6 +350,7 @@ class Cluster:
             self._resizing[s] = resizing
         self._cost = cost
         self._next_event = next_event
+        self._pods_version += 1
         self._dirty = False
 
     def view(self, backlog: Sequence[float]) -> tuple[StageView, ...]:
@@ -364,18 +383,136 @@ def _throughput(profile: LatencyProfile, batch: int, cores: int) -> float:
     return value
 
 
+ROUTINGS: tuple[str, ...] = ("round-robin", "least-outstanding", "pooled")
+"""How a stage's inflow reaches its replicas.
+
+* ``round-robin``: every ready replica gets an equal share of the stage's inflow, whatever its
+  speed, into its own queue: what a Kubernetes Service gives. kube-proxy in iptables mode picks
+  an endpoint at random with equal probabilities (``pkg/proxy/iptables/proxier.go``, the
+  ``statistic --mode random --probability 1/n`` rules), so each replica sees an equal share in
+  expectation, and a Poisson stream when the arrivals are Poisson. The backtest's default.
+* ``least-outstanding``: the inflow goes to the replicas with the fewest outstanding requests
+  relative to their speed (what Envoy's/Istio's ``LEAST_REQUEST`` or a queue-aware router
+  approaches): a water-filling split of each second's inflow that evens out the replicas'
+  backlogs in seconds of their own work.
+* ``pooled``: one FIFO queue per stage served at the summed capacity of its ready replicas
+  (perfect load balancing): the idealisation this simulator used before per-replica queues,
+  kept for comparison.
+"""
+
+_EMPTY = 1e-9
+"""A per-replica backlog at or below this many requests counts as empty."""
+
+
+@dataclass(eq=False)
+class _Cohort:
+    """Replicas of one stage that are interchangeable now: the same speed, batch, cores and
+    readiness, and the same backlog (in a fluid model they then stay identical). Their common
+    history, per member and per second from ``t0`` on, is what their requests' waits are read
+    from (FIFO per replica)."""
+
+    t0: int
+    speed: float
+    sid: int  # index of (batch, cores, speed) in the stage's shape table
+    ready: bool
+    cores: int
+    names: set[str]
+    backlog: float = 0.0  # per member
+    settled: int = 0  # leading seconds of the history whose requests have all left
+    # Per second (machine arrays, 8 bytes an entry: a week's history stays small):
+    x: array = field(default_factory=lambda: array("d"))  # inflow per member
+    d: array = field(default_factory=lambda: array("d"))  # departures per member
+    n: array = field(default_factory=lambda: array("d"))  # members (fractional after a split)
+    share: array = field(default_factory=lambda: array("d"))  # of the stage's inflow, a member's
+    sids: array = field(default_factory=lambda: array("q"))
+
+    @property
+    def key(self) -> tuple[int, bool]:
+        return (self.sid, self.ready)
+
+    def split(self, names: set[str]) -> _Cohort:
+        """Move ``names`` into a cohort of their own that shares the history still in flight
+        (from the last second after which the backlog was empty), so that their queued
+        requests are judged by their own future service."""
+        total, k = len(self.names), len(names)
+        keep = (total - k) / total
+        at = self.settled
+        other = _Cohort(
+            t0=self.t0 + at,
+            speed=self.speed,
+            sid=self.sid,
+            ready=self.ready,
+            cores=self.cores,
+            names=set(names),
+            backlog=self.backlog,
+            x=self.x[at:],
+            d=self.d[at:],
+            n=array("d", (m * (1.0 - keep) for m in self.n[at:])),
+            share=self.share[at:],
+            sids=self.sids[at:],
+        )
+        self.n[at:] = array("d", (m * keep for m in self.n[at:]))
+        self.names -= names
+        return other
+
+
+@dataclass
+class _StageQueues:
+    """The per-replica queues of one stage."""
+
+    shapes: dict[tuple[int, int], int]  # (batch, cores) -> sid
+    table: list[tuple[int, int, float]]  # sid -> (batch, cores, speed)
+    inflow: np.ndarray  # requests entering the stage per second
+    held: np.ndarray  # of which held for want of a ready replica
+    handed: np.ndarray  # held requests routed on in that second
+    capacity: np.ndarray  # rps of the ready replicas per second
+    fastest: np.ndarray  # sid of the fastest ready replica per second (-1: none)
+    live: list[_Cohort] = field(default_factory=list)
+    done: list[_Cohort] = field(default_factory=list)
+    member: dict[str, _Cohort] = field(default_factory=dict)
+    hold: float = 0.0
+
+    def sid(self, batch: int, cores: int, speed: float) -> int:
+        sid = self.shapes.get((batch, cores))
+        if sid is None:
+            sid = self.shapes[(batch, cores)] = len(self.table)
+            self.table.append((batch, cores, speed))
+        return sid
+
+
 class Serving:
-    """The per-second serving engine: fluid FIFO backlogs along the pipeline, served up to the
-    capacity of the ready replicas, and the series a :class:`SimulationResult` is made of.
+    """The per-second serving engine: per-replica queues (or one pooled queue) along the
+    pipeline, served by the ready replicas, and the series a :class:`SimulationResult` is made
+    of.
 
     The capacity comes from a source with, per stage, ``_capacity`` (rps of the ready
     replicas), ``_ready`` (ready replicas), ``_ready_cores``, ``_shape_ready`` ((batch, cores)
-    of the slowest ready replica) and ``_cost`` (cores paid for, all stages): the shape-driven
-    :class:`Cluster` of the validation tests, or the cluster model the backtest runs the
-    controllers against (:mod:`surgecast.offline.engine`). Either way the same code serves.
+    of the slowest ready replica), ``_pods`` (every replica as ``(name, speed_rps, batch, cores,
+    ready)``), ``_pods_version`` (changes whenever ``_pods`` may have), and ``_cost`` (cores
+    paid for, all stages): the shape-driven :class:`Cluster` of the validation tests, or the
+    cluster model the backtest runs the controllers against (:mod:`surgecast.offline.engine`).
+    Either way the same code serves.
+
+    With a routing other than ``pooled`` (see :data:`ROUTINGS`) every replica has its own FIFO
+    queue and serves up to its own throughput each second. A new replica joins with an empty
+    queue. A replica that stops being ready (a terminating pod: the EndpointSlice controller
+    marks it not ready at once, ``pkg/controller/endpointslice``, and kube-proxy sends it no
+    new connections; its fallback to terminating endpoints when none is ready, KEP-1669, is not
+    modelled: such requests are held, below) gets no new requests and
+    drains its queue at its speed during its termination grace period (an inference server
+    finishes what it accepted on SIGTERM); what is still queued when it is gone is counted over
+    the SLO (its clients get an error, or have long waited past any SLO of interest). The
+    shape-driven :class:`Cluster` removes replicas at once, so there nothing is drained. When a
+    stage has no ready replica its inflow is held (a Service without endpoints) and counted
+    over the SLO; it is routed on once a replica is ready, so it still takes capacity.
     """
 
-    def __init__(self, arrivals: np.ndarray, pipeline: Pipeline) -> None:
+    def __init__(
+        self, arrivals: np.ndarray, pipeline: Pipeline, routing: str = "pooled"
+    ) -> None:
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing {routing!r}: choose from {', '.join(ROUTINGS)}")
+        self.routing = routing
         self.arrivals = np.asarray(arrivals, dtype=np.float64)
         n_sec = len(self.arrivals)
         n_stages = len(pipeline.stages)
@@ -388,16 +525,34 @@ class Serving:
         self.usage = [np.zeros(n_sec) for _ in range(n_stages)]
         self.ready_cores = [np.zeros(n_sec) for _ in range(n_stages)]
         self.service = np.zeros(n_sec)
-        # Per second, the ready replicas and the (slowest) shape of each stage, for the
+        # Pooled: per second, the ready replicas and the (slowest) shape of each stage, for the
         # within-second queue: an index into ``shapes``.
         self.shapes: dict[tuple[tuple[int, int, int], ...], int] = {}
         self.shape_index = np.zeros(n_sec, dtype=np.int64)
         self.replicas = np.zeros(n_sec, dtype=np.int32)
         self.cores = np.zeros(n_sec, dtype=np.int32)
+        self._stages = [
+            _StageQueues(
+                {}, [], np.zeros(n_sec), np.zeros(n_sec), np.zeros(n_sec), np.zeros(n_sec),
+                np.full(n_sec, -1, dtype=np.int64),
+            )
+            for _ in range(n_stages)
+        ]
+        self._version: object = None
 
     def serve(self, t: int, source, replicas: int, cores: int) -> None:
         """Serve second ``t`` with the capacity ``source`` has now; ``replicas`` and
         ``cores`` are the first stage's scheduled replicas and cores per replica (reported)."""
+        if self.routing == "pooled":
+            self._serve_pooled(t, source)
+        else:
+            self._serve_routed(t, source)
+        self.cost[t] = source._cost
+        self.ready_cores_total[t] = sum(source._ready_cores)
+        self.replicas[t] = replicas
+        self.cores[t] = cores
+
+    def _serve_pooled(self, t: int, source) -> None:
         inflow = self.arrivals[t]
         service_ms = 0.0
         bottleneck = math.inf
@@ -423,20 +578,195 @@ class Serving:
             for s in range(len(self.pipeline.stages))
         )
         self.shape_index[t] = self.shapes.setdefault(key, len(self.shapes))
-        self.cost[t] = source._cost
-        self.ready_cores_total[t] = sum(source._ready_cores)
         self.service[t] = service_ms
-        self.replicas[t] = replicas
-        self.cores[t] = cores
+
+    # -- per-replica queues ------------------------------------------------------------------
+
+    def _reconcile(self, t: int, source) -> None:
+        """Bring the cohorts in line with the source's replicas: new ready replicas join (empty
+        queue), replicas whose shape or readiness changed move (with their backlog), replicas
+        gone leave (their queue, if any, is lost)."""
+        for st, pods in zip(self._stages, source._pods, strict=True):
+            moves: dict[int, dict[tuple, set[str]]] = {}
+            cohort_of = {id(c): c for c in st.live}
+            seen: set[str] = set()
+            for name, speed, batch, cores, ready in pods:
+                c = st.member.get(name)
+                if c is None and not ready:
+                    continue  # starting: not an endpoint yet
+                seen.add(name)
+                sid = st.sid(batch, cores, speed)
+                if c is not None and c.key == (sid, ready):
+                    continue
+                key = (sid, ready, speed, cores)
+                moves.setdefault(id(c) if c is not None else 0, {}).setdefault(key, set()).add(
+                    name
+                )
+            for name in [n for n in st.member if n not in seen]:
+                c = st.member.pop(name)
+                self._leave(st, c, {name}, t)
+            for cid, by_key in moves.items():
+                if cid == 0:
+                    for (sid, ready, speed, cores), names in by_key.items():
+                        self._join(st, names, sid, ready, speed, cores, t)
+                    continue
+                c = cohort_of[cid]
+                if len(by_key) == 1:
+                    ((sid, ready, speed, cores), names), = by_key.items()
+                    if names == c.names:  # all of it changed alike (a resize of every member)
+                        c.sid, c.ready, c.speed, c.cores = sid, ready, speed, cores
+                        continue
+                for (sid, ready, speed, cores), names in by_key.items():
+                    if c.backlog <= _EMPTY:
+                        c.names -= names
+                        self._join(st, names, sid, ready, speed, cores, t)
+                    else:
+                        other = c.split(names)
+                        other.sid, other.ready, other.speed, other.cores = sid, ready, speed, cores
+                        st.live.append(other)
+                        for name in names:
+                            st.member[name] = other
+                    if not c.names:
+                        self._retire(st, c)
+        for st in self._stages:
+            self._merge(st, t)
+
+    def _join(self, st: _StageQueues, names: set[str], sid, ready, speed, cores, t: int) -> None:
+        """Replicas with an empty queue join a cohort of their kind with an empty queue, or
+        start one; one that is not ready has nothing to do and is let go."""
+        if not ready:
+            for name in names:
+                st.member.pop(name, None)
+            return
+        for c in st.live:
+            if c.key == (sid, ready) and c.backlog <= _EMPTY:
+                c.names |= names
+                break
+        else:
+            c = _Cohort(t0=t, speed=speed, sid=sid, ready=ready, cores=cores, names=set(names))
+            st.live.append(c)
+        for name in names:
+            st.member[name] = c
+
+    def _leave(self, st: _StageQueues, c: _Cohort, names: set[str], t: int) -> None:
+        if c.backlog > _EMPTY:
+            gone = c.split(names)  # its history ends now: the queued requests never leave
+            st.done.append(gone)
+        else:
+            c.names -= names
+        if not c.names:
+            self._retire(st, c)
+
+    @staticmethod
+    def _retire(st: _StageQueues, c: _Cohort) -> None:
+        if c in st.live:
+            st.live.remove(c)
+            st.done.append(c)
+
+    @staticmethod
+    def _merge(st: _StageQueues, t: int) -> None:
+        """Cohorts of one kind whose queues are both empty become one (a new history)."""
+        if len(st.live) < 2:
+            return
+        empty: dict[tuple, list[_Cohort]] = {}
+        for c in st.live:
+            if c.backlog <= _EMPTY:
+                empty.setdefault(c.key, []).append(c)
+        for group in empty.values():
+            if len(group) < 2:
+                continue
+            first = group[0]
+            merged = _Cohort(
+                t0=t, speed=first.speed, sid=first.sid, ready=first.ready, cores=first.cores,
+                names=set().union(*(c.names for c in group)),
+            )
+            for c in group:
+                st.live.remove(c)
+                st.done.append(c)
+            st.live.append(merged)
+            for name in merged.names:
+                st.member[name] = merged
+
+    def _serve_routed(self, t: int, source) -> None:
+        version = getattr(source, "_pods_version", None)
+        if version is None or version != self._version:
+            self._reconcile(t, source)
+            self._version = version
+        elif t % 10 == 0:  # queues that emptied since: merge (cheap; bounds the cohorts)
+            for st in self._stages:
+                self._merge(st, t)
+        inflow = float(self.arrivals[t])
+        service_ms = 0.0
+        bottleneck = math.inf
+        least = self.routing == "least-outstanding"
+        for s, (st, profile) in enumerate(zip(self._stages, self.pipeline.stages, strict=True)):
+            st.inflow[t] = inflow
+            ready = [c for c in st.live if c.ready]
+            members = sum(len(c.names) for c in ready)
+            if not members:
+                st.hold += inflow
+                st.held[t] = inflow
+                inflow = 0.0
+            elif st.hold:
+                st.handed[t] = st.hold
+                inflow += st.hold
+                st.hold = 0.0
+            level = _water_level(ready, inflow) if least and members and len(ready) > 1 else None
+            speed_total = sum(len(c.names) * c.speed for c in ready)
+            out = busy = capacity = 0.0
+            slowest_ms = fastest = 0.0
+            for c in st.live:
+                k = len(c.names)
+                if not c.ready or not members:
+                    x = share = 0.0
+                elif level is not None:
+                    x = max(0.0, level * c.speed - c.backlog)
+                    share = x / inflow if inflow > 0 else c.speed / speed_total
+                else:
+                    x, share = inflow / members, 1.0 / members
+                available = c.backlog + x
+                done = available if available < c.speed else c.speed
+                c.backlog = available - done
+                c.x.append(x)
+                c.d.append(done)
+                c.n.append(float(k))
+                c.share.append(share)
+                c.sids.append(c.sid)
+                if c.backlog <= _EMPTY:
+                    c.settled = len(c.x)
+                out += k * done
+                if c.ready:
+                    busy += k * c.cores * done / c.speed
+                    capacity += k * c.speed
+                    if c.speed > fastest:
+                        fastest = c.speed
+                        st.fastest[t] = c.sid
+                    batch, cores, _ = st.table[c.sid]
+                    slowest_ms = max(slowest_ms, _service_ms(profile, batch, cores, done))
+            self.backlog[s] = st.hold + sum(len(c.names) * c.backlog for c in st.live)
+            self.ready_cores[s][t] = source._ready_cores[s]
+            self.usage[s][t] = busy
+            st.capacity[t] = capacity
+            service_ms += slowest_ms
+            bottleneck = min(bottleneck, capacity)
+            inflow = out
+        self.served_last[t] = inflow
+        self.capacity_min[t] = bottleneck
+        self.service[t] = service_ms
 
     def result(
         self, policy: str, slo_ms: float, actions: int, notes: list[tuple[int, str]]
     ) -> SimulationResult:
         """The totals: requests over the SLO from the fluid waits and the within-second tail."""
-        tails = _tail_tables(self.arrivals, self.pipeline, self.shapes, self.shape_index, slo_ms)
-        violations = count_violations(
-            self.arrivals, self.served_last, self.service, slo_ms, tails=tails
-        )
+        if self.routing == "pooled":
+            tails = _tail_tables(
+                self.arrivals, self.pipeline, self.shapes, self.shape_index, slo_ms
+            )
+            violations = count_violations(
+                self.arrivals, self.served_last, self.service, slo_ms, tails=tails
+            )
+        else:
+            violations = self._routed_violations(slo_ms)
         return SimulationResult(
             policy=policy,
             arrivals=self.arrivals,
@@ -451,6 +781,147 @@ class Serving:
             actions=actions,
             guard_notes=notes,
         )
+
+    def _routed_violations(self, slo_ms: float) -> np.ndarray:
+        """Requests over the SLO per arrival second, replica by replica.
+
+        Each cohort of identical replicas is judged on its own FIFO curves (a request's fluid
+        wait is read from its replica's departures, as ``count_violations`` does for one
+        queue), plus a within-second latency. Under ``round-robin`` that is one replica's
+        bulk-service queue at its share of the stage's recent rate (random routing splits
+        Poisson arrivals into Poisson streams, so each replica is its own M/G/1-type queue).
+        Under ``least-outstanding`` it is the stage's ready replicas pooled as one queue of its
+        fastest shape, as many of them as carry the stage's capacity (a queue-aware router
+        sends each request where it finishes first, so a slow replica takes work only when the
+        others are busy; join-the-shortest-queue is close to one shared queue). Along a pipeline
+        the stage with the longest mean latency in a second keeps its distribution and the
+        others add their mean, as in the pooled model.
+        """
+        n_sec = len(self.arrivals)
+        n_stages = len(self._stages)
+        least = self.routing == "least-outstanding"
+        points = math.ceil(slo_ms / TAIL_GRID_MS) + 2
+        rows: dict[tuple[int, int, int, int], int] = {}
+        ccdfs: list[np.ndarray] = []
+        means: list[float] = []
+        parts = []
+        mean_sum = np.zeros((n_stages, n_sec))
+
+        def rows_of(s: int, sids: np.ndarray, pool: np.ndarray, steps: np.ndarray) -> np.ndarray:
+            """The tail row of each (shape, replicas pooled, load step)."""
+            combos, inverse = np.unique(
+                np.column_stack([sids, pool, steps]), axis=0, return_inverse=True
+            )
+            ids = np.empty(len(combos), dtype=np.int64)
+            table = self._stages[s].table
+            for j, (sid, k, step) in enumerate(combos):
+                key = (s, int(sid), int(k), int(step))
+                row = rows.get(key)
+                if row is None:
+                    batch, cores, sp = table[int(sid)]
+                    tail = latency_tail(
+                        self.pipeline.stages[s], int(k), cores, batch,
+                        step * TAIL_RHO_STEP * k * sp, slo_ms,
+                    )
+                    grid = np.arange(points) * TAIL_GRID_MS
+                    ccdfs.append(np.interp(
+                        grid, np.arange(len(tail.ccdf)) * TAIL_GRID_MS, tail.ccdf, 1.0, 0.0
+                    ))
+                    means.append(tail.mean_ms)
+                    row = rows[key] = len(means) - 1
+                ids[j] = row
+            return ids[np.asarray(inverse).reshape(-1)]
+
+        for s, st in enumerate(self._stages):
+            cum = np.concatenate([[0.0], np.cumsum(st.inflow)])
+            start = np.maximum(np.arange(n_sec) - TAIL_WINDOW_S + 1, 0)
+            rate = (cum[1:] - cum[start]) / (np.arange(n_sec) + 1 - start)
+            speeds = np.array([sp for _, _, sp in st.table]) if st.table else np.ones(1)
+            if least:
+                # A queue-aware router sends a request where it finishes first: the stage's
+                # ready replicas as one pooled queue of its fastest shape, as many of them as
+                # carry the stage's capacity, at the stage's rate.
+                sid = np.maximum(st.fastest, 0)
+                fast = speeds[sid]
+                pool = np.maximum(np.rint(st.capacity / fast), 1).astype(np.int64)
+                rho = np.divide(rate, st.capacity, out=np.zeros(n_sec), where=st.capacity > 0)
+                steps = np.rint(np.minimum(rho, TAIL_RHO_MAX) / TAIL_RHO_STEP).astype(np.int64)
+                stage_rows = rows_of(s, sid, pool, steps)
+            for c in st.live + st.done:
+                if not c.x:
+                    continue
+                x = np.asarray(c.x)
+                n = np.asarray(c.n)
+                requests = x * n
+                if requests.sum() <= 0:
+                    continue
+                length = len(x)
+                sec = np.arange(c.t0, c.t0 + length)
+                wait_s, never, per_slot = _fluid_waits(x, np.asarray(c.d), SUBSLOTS)
+                if least:
+                    row_of = stage_rows[sec]
+                else:
+                    sids = np.asarray(c.sids)
+                    member_rate = rate[sec] * np.asarray(c.share)
+                    rho = np.minimum(member_rate / speeds[sids], TAIL_RHO_MAX)
+                    steps = np.rint(rho / TAIL_RHO_STEP).astype(np.int64)
+                    row_of = rows_of(s, sids, np.ones(length, np.int64), steps)
+                weight = per_slot * n[:, None]
+                parts.append((s, sec, wait_s, never, weight, row_of))
+        if not parts:
+            return np.zeros(n_sec)
+        tails = TailTables(
+            ccdf=np.vstack(ccdfs), mean_ms=np.asarray(means), index=np.zeros(0, np.int64)
+        )
+        held_ms = 2.0 * slo_ms
+        if n_stages > 1:
+            for s, sec, wait_s, never, weight, row_of in parts:
+                mean_ms = tails.mean_ms[row_of][:, None]
+                lat = 1000.0 * np.maximum(wait_s - mean_ms / 1000.0, 0.0) + mean_ms
+                lat = np.where(never, held_ms, lat)
+                mean_sum[s] += np.bincount(sec, (lat * weight).sum(axis=1), n_sec)
+            entering = np.array([st.inflow for st in self._stages])
+            held = np.array([st.held for st in self._stages])
+            mean_sum += held * held_ms
+            mean_lat = np.divide(mean_sum, entering, out=np.zeros_like(mean_sum),
+                                 where=entering > 0)
+            shift = mean_lat.sum(axis=0)[None, :] - mean_lat
+            main = np.argmax(mean_lat, axis=0)
+        else:
+            shift = np.zeros((1, n_sec))
+            main = np.zeros(n_sec, dtype=np.int64)
+        late = np.zeros((n_stages, n_sec))
+        for s, sec, wait_s, never, weight, row_of in parts:
+            mean_s = tails.mean_ms[row_of][:, None] / 1000.0
+            room_ms = slo_ms - 1000.0 * np.maximum(wait_s - mean_s, 0.0) - shift[s][sec][:, None]
+            share = _ccdf_rows(tails, row_of, room_ms)
+            share[never] = 1.0
+            late[s] += np.bincount(sec, (share * weight).sum(axis=1), n_sec)
+        for s, st in enumerate(self._stages):
+            routed = st.inflow - st.held + st.handed
+            keep = np.divide(st.inflow - st.held, routed, out=np.ones(n_sec), where=routed > 0)
+            late[s] = late[s] * keep + st.held
+        if n_stages == 1:
+            return np.minimum(late[0], self.arrivals)
+        entering = np.array([st.inflow for st in self._stages])
+        share = np.divide(late, entering, out=np.zeros_like(late), where=entering > 0)
+        return np.minimum(share[main, np.arange(n_sec)], 1.0) * self.arrivals
+
+
+def _water_level(ready: list[_Cohort], inflow: float) -> float:
+    """The level L (s of work) at which ``sum(members·max(0, L·speed − backlog)) = inflow``:
+    the least-outstanding split of a second's inflow over replicas with per-member backlogs."""
+    order = sorted(ready, key=lambda c: c.backlog / c.speed)
+    rate = work = 0.0
+    level = 0.0
+    for i, c in enumerate(order):
+        k = len(c.names)
+        rate += k * c.speed
+        work += k * c.backlog
+        level = (inflow + work) / rate
+        if i + 1 == len(order) or level <= order[i + 1].backlog / order[i + 1].speed:
+            break
+    return level
 
 
 def simulate(
@@ -484,7 +955,7 @@ def simulate(
     n_sec = len(arrivals)
     n_stages = len(pipeline.stages)
     cluster = Cluster(pipeline, initial, settings)
-    serving = Serving(arrivals, pipeline)
+    serving = Serving(arrivals, pipeline, settings.routing)
     notes: list[tuple[int, str]] = []
     actions = 0
     last_up: list[int | None] = [None] * n_stages
@@ -572,6 +1043,28 @@ def count_violations(
     Returns:
         Requests over the SLO per second (float: fluid counts).
     """
+    wait_s, never, per_slot = _fluid_waits(arrivals, departures, subslots)
+    if tails is None:
+        service_s = np.maximum(service_ms, 1e-9)[:, None] / 1000.0
+        late_share = np.clip((wait_s + 2.0 * service_s - slo_ms / 1000.0) / service_s, 0.0, 1.0)
+    else:
+        mean_s = tails.mean_ms[tails.index][:, None] / 1000.0
+        room_ms = slo_ms - 1000.0 * np.maximum(wait_s - mean_s, 0.0)
+        late_share = _ccdf_at(tails, room_ms)
+    late_share[never] = 1.0
+    return (late_share * per_slot).sum(axis=1)
+
+
+def _fluid_waits(
+    arrivals: np.ndarray, departures: np.ndarray, subslots: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fluid FIFO waits (s) of each second's arrivals, judged at the middle request of each of
+    ``subslots`` slices; which of them never leave; and the requests per slice (a column).
+
+    Request i (in arrival order) arriving at time a waits ``x − a``, where x is when the
+    cumulative departure curve (linear within each second) reaches i.
+    """
+    arrivals = np.asarray(arrivals, dtype=np.float64)
     n_sec = len(arrivals)
     cum_arr = np.concatenate([[0.0], np.cumsum(arrivals)])
     cum_dep = np.minimum(np.concatenate([[0.0], np.cumsum(departures)]), cum_arr)
@@ -586,15 +1079,7 @@ def count_violations(
     leave = np.interp(middle.ravel(), cum_dep[keep], times[keep]).reshape(n_sec, subslots)
     wait_s = np.maximum(leave - arrival_time, 0.0)
     never = middle > cum_dep[-1] + 1e-9
-    if tails is None:
-        service_s = np.maximum(service_ms, 1e-9)[:, None] / 1000.0
-        late_share = np.clip((wait_s + 2.0 * service_s - slo_ms / 1000.0) / service_s, 0.0, 1.0)
-    else:
-        mean_s = tails.mean_ms[tails.index][:, None] / 1000.0
-        room_ms = slo_ms - 1000.0 * np.maximum(wait_s - mean_s, 0.0)
-        late_share = _ccdf_at(tails, room_ms)
-    late_share[never] = 1.0
-    return (late_share * per_slot).sum(axis=1)
+    return wait_s, never, per_slot
 
 
 @dataclass(frozen=True)
@@ -615,11 +1100,17 @@ class TailTables:
 def _ccdf_at(tails: TailTables, x_ms: np.ndarray) -> np.ndarray:
     """P(latency > x) for each second's row (axis 0 of ``x_ms``), linear between grid points;
     1 for x < 0."""
+    return _ccdf_rows(tails, tails.index, x_ms)
+
+
+def _ccdf_rows(tails: TailTables, rows: np.ndarray, x_ms: np.ndarray) -> np.ndarray:
+    """P(latency > x) in row ``rows[i]`` for row i of ``x_ms``, linear between grid points;
+    1 for x < 0."""
     points = tails.ccdf.shape[1]
     pos = np.clip(x_ms / TAIL_GRID_MS, 0.0, points - 1.0)
     low = np.minimum(pos.astype(np.int64), points - 2) if points > 1 else np.zeros_like(pos, int)
     frac = pos - low
-    rows = tails.index[:, None]
+    rows = np.asarray(rows)[:, None]
     high = np.minimum(low + 1, points - 1)
     value = tails.ccdf[rows, low] * (1.0 - frac) + tails.ccdf[rows, high] * frac
     return np.where(x_ms < 0, 1.0, value)
