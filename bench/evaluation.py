@@ -29,6 +29,10 @@ import pandas as pd  # noqa: E402
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 
+REALISTIC = {"node_cores": 16, "max_nodes": 64, "resize_spread": 0.5, "routing": "round-robin"}
+"""The realistic cluster of docs/evaluation.md: 16-core nodes in a pool that grows, log-normal
+resize times, requests routed to per-pod queues as a Kubernetes Service does."""
+
 
 @dataclass(frozen=True)
 class Case:
@@ -73,7 +77,8 @@ def run_case(case: Case, seed: int, out: Path, hours: float | None) -> dict:
     span = pd.Timedelta(hours=hours) if hours else pd.Timedelta(days=case.days)
     settings = BacktestSettings(
         start=start, end=start + span, seed=seed, rps_scale=case.scale,
-        scenario=case.scenario, scenario_seed=case.scenario_seed, **case.overrides,
+        scenario=case.scenario, scenario_seed=case.scenario_seed,
+        **{**REALISTIC, **case.overrides},
     )
     result = run_backtest(rps, load_pipeline(bundled_profile("resnet18")), settings,
                           trace_name=path.name, profile_name="resnet18")
