@@ -913,17 +913,20 @@ def backtest(
             f"{requests:,} requests"
         )
     )
-    for col in ("policy", "over SLO", "share", "bad min", "core-h", "node core-h", "actions",
-                "util"):
+    nodes_held = any("node_core_hours" in row for row in summary["policies"].values())
+    columns = ("policy", "over SLO", "share", "bad min", "core-h",
+               *(("node core-h",) if nodes_held else ()), "actions", "util")
+    for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for name, row in summary["policies"].items():
+        node_cell = (f"{row['node_core_hours']:.1f}" if "node_core_hours" in row else "-",)
         table.add_row(
             name,
             f"{row['violations']:,}",
             f"{100 * row['violation_rate']:.3f} %",
             f"{row['violation_minutes']:,}",
             f"{row['core_hours']:.1f}",
-            f"{row['node_core_hours']:.1f}" if "node_core_hours" in row else "-",
+            *(node_cell if nodes_held else ()),
             f"{row['actions']:,}",
             f"{100 * row['mean_utilisation']:.0f} %",
         )
