@@ -946,11 +946,14 @@ def backtest(
             highlight=False,
             soft_wrap=True,
         )
-    if "surgecast" in summary["policies"]:
-        from surgecast.offline.bars import check_bars
+    from surgecast.offline.bars import STATE
 
-        for bar in check_bars(summary):
-            console.print(f"bar: {bar.line()}", highlight=False, soft_wrap=True)
+    for bar in summary.get("bars", []):
+        console.print(
+            f"bar: {bar['bar']}: {STATE[bar['met']]} ({bar['detail']})",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"{run.seconds:.0f} s; report: {run.report_html}; results: {run.results_json}")
 
 

@@ -126,6 +126,7 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
     assert data["trace"] == "synthetic" and data["profile"] == "resnet18"
     assert data["slo_ms"] == 750.0 and data["seconds_simulated"] == 6 * 3600
     assert 0 < data["lower_bound"]["core_hours"] <= data["policies"]["static-peak"]["core_hours"]
+    assert len(data["bars"]) == 4 and all(b["met"] in (True, False) for b in data["bars"])
     assert data["settings"]["routing"] == "pooled"  # routing is opt-in for now
     for row in data["policies"].values():
         assert set(row) - {"notes"} == {
@@ -143,6 +144,7 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
         assert row["wall_seconds"] >= 0
     page = html.read_text()
     assert "<img" in page and "surgecast" in page and "static-peak" in page
+    assert page.count("<li>") >= 4 and "lower bound" in page
 
 
 def test_the_peak_provisioned_cluster_is_the_cost_ceiling_and_meets_the_slo(result):

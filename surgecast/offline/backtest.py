@@ -264,7 +264,7 @@ class BacktestResult:
         }
         settings["policies"] = list(self.settings.policies)
         n_sec = len(next(iter(self.runs.values())).arrivals) if self.runs else 0
-        return {
+        out = {
             "trace": self.trace,
             "profile": self.profile,
             "slo_ms": self.settings.slo_ms,
@@ -289,6 +289,13 @@ class BacktestResult:
                 for name, run in self.runs.items()
             },
         }
+        if "surgecast" in self.runs:  # the evaluation's bars (docs/evaluation.md)
+            from surgecast.offline.bars import check_bars
+
+            out["bars"] = [
+                {"bar": b.name, "met": b.met, "detail": b.detail} for b in check_bars(out)
+            ]
+        return out
 
 
 def _minute_means(counts: np.ndarray, start: pd.Timestamp) -> pd.Series:

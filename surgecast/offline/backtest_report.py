@@ -108,6 +108,20 @@ def plot_surge(result: BacktestResult, before_s: int = 600, after_s: int = 900) 
     return _png_bytes(fig)
 
 
+def _bars_list(summary: dict) -> str:
+    """The evaluation's bars for surgecast (docs/evaluation.md), one line each."""
+    bars = summary.get("bars")
+    if not bars:
+        return ""
+    from surgecast.offline.bars import STATE
+
+    items = "".join(
+        f"<li>{html.escape(b['bar'])}: <b>{STATE[b['met']]}</b> ({html.escape(b['detail'])})</li>"
+        for b in bars
+    )
+    return f"<h2>Bars</h2><ul class=\"bars\">{items}</ul>"
+
+
 def _summary_table(result: BacktestResult) -> str:
     cols = (
         "requests",
@@ -205,6 +219,7 @@ def render_backtest_html(result: BacktestResult) -> str:
 <body>
 <h1>{esc(title)}</h1>
 <p class="verdict">{esc(verdict(result))}</p>
+{_bars_list(summary)}
 <h2>Summary</h2>
 {_summary_table(result)}
 <p class="note">A request violates the SLO when processing + batch fill + queueing wait exceeds

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 HPA_ROW = re.compile(r"^hpa(-(\d+))?$")
 
+STATE = {True: "met", False: "NOT met", None: "not checked"}
+"""How a bar's outcome reads."""
+
 
 @dataclass(frozen=True)
 class Bar:
@@ -22,8 +25,7 @@ class Bar:
     detail: str
 
     def line(self) -> str:
-        state = {True: "met", False: "NOT met", None: "not checked"}[self.met]
-        return f"{self.name}: {state} ({self.detail})"
+        return f"{self.name}: {STATE[self.met]} ({self.detail})"
 
 
 def check_bars(results: dict) -> list[Bar]:
