@@ -50,4 +50,8 @@ def main(version: str, dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    try:
+        main(sys.argv[1], Path(sys.argv[2]))
+    except (OSError, ValueError, KeyError, StopIteration, zipfile.BadZipFile) as exc:
+        # no network, a proxy's answer, a wheel without the binary: one line, nothing kept
+        sys.exit(f"scripts/uv: cannot fetch uv from PyPI: {type(exc).__name__}: {exc}")
