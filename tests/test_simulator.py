@@ -453,6 +453,18 @@ class Agreement:
     des_latencies_ms: np.ndarray
     fluid_result: object
 
+    @classmethod
+    def of(cls, fluid, counts: np.ndarray, latencies: np.ndarray, slo_ms: float) -> Agreement:
+        """The fluid run's share over the SLO beside the request-level one."""
+        return cls(
+            slo_ms=slo_ms,
+            requests=int(counts.sum()),
+            fluid_share=float(fluid.violations.sum() / counts.sum()),
+            des_share=float(np.mean(latencies > slo_ms)),
+            des_latencies_ms=latencies,
+            fluid_result=fluid,
+        )
+
 
 @cache
 def compare(index: int, routing: str = "pooled") -> Agreement:
@@ -485,14 +497,7 @@ def compare(index: int, routing: str = "pooled") -> Agreement:
     )
     # Both served every request before the span ended: the drain is long enough.
     assert fluid.served.sum() == pytest.approx(counts.sum())
-    return Agreement(
-        slo_ms=slo_ms,
-        requests=int(counts.sum()),
-        fluid_share=float(fluid.violations.sum() / counts.sum()),
-        des_share=float(np.mean(latencies > slo_ms)),
-        des_latencies_ms=latencies,
-        fluid_result=fluid,
-    )
+    return Agreement.of(fluid, counts, latencies, slo_ms)
 
 
 def _params():
@@ -834,14 +839,7 @@ def hetero_compare(load: float, seconds: int, routing: str, slo_ms: float = 0.0,
     fluid = engine.run()
     assert fluid.capacity_rps[1] > fluid.capacity_rps[2] == pytest.approx(_hetero_capacity())
     assert fluid.served.sum() == pytest.approx(counts.sum())
-    return Agreement(
-        slo_ms=slo_ms,
-        requests=int(counts.sum()),
-        fluid_share=float(fluid.violations.sum() / counts.sum()),
-        des_share=float(np.mean(latencies > slo_ms)),
-        des_latencies_ms=latencies,
-        fluid_result=fluid,
-    )
+    return Agreement.of(fluid, counts, latencies, slo_ms)
 
 
 @pytest.mark.parametrize("routing", ROUTED)
