@@ -340,6 +340,7 @@ def _vpa(cores: int, usage_cores: float):
         (1, 0.85, 1),  # lower ~0.99, upper ~1.35: 1 core is inside, left alone
         (1, 3.0, 4),  # lower ~3.5 > 1: raised to ceil(p90 x 1.15) = 4
         (4, 0.6, 1),  # upper ~0.93 < 4: lowered to ceil(0.7) = 1
+        (6, 4.0, 6),  # inside [~4.7, ~6.3]: left at 6 though the target rounds up to 5
     ],
 )
 def test_the_updater_resizes_in_place_only_outside_the_bounds(cores, usage, expected):
