@@ -508,6 +508,7 @@ def run_backtest(
             progress(name, n_sec, total=n_sec)
     if HPA_ALIAS_OF in runs:
         runs[HPA_ALIAS] = runs[HPA_ALIAS_OF]
+        run_seconds[HPA_ALIAS] = run_seconds[HPA_ALIAS_OF]
         notes[HPA_ALIAS] = f"{HPA_ALIAS_OF} under its old name"
     # rows in report order (the sweeps together), whatever order they were asked in
     runs = {name: runs[name] for name in sorted(runs, key=POLICIES.index)}
