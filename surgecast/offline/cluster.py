@@ -43,6 +43,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import pandas as pd
 
@@ -1565,7 +1566,8 @@ def _utilisation_ratio(used_m: dict[str, float], requests_m: dict[str, int], tar
 
 
 def _epoch_s(iso: str) -> float:
-    return pd.Timestamp(iso).timestamp()
+    """Epoch seconds of an RFC 3339 time the API wrote (``2025-06-02T08:00:00Z``)."""
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def _resources(container: dict) -> dict:
