@@ -661,7 +661,15 @@ def backtest(
             parser=_float(0, MAX_SLO_MS, low_open=True), help="End-to-end latency SLO (ms)."
         ),
     ] = 750.0,
-    policies: Annotated[str, typer.Option(help="Comma-separated policies, or 'all'.")] = "all",
+    policies: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated policies, or 'all': hpa-50..hpa-90 (CPU HPA targets; 'hpa' is "
+            "hpa-70), keda-50..keda-90 (KEDA Prometheus trigger, % of a pod's capacity), "
+            "hpa-sweep and keda-sweep (all five), vpa, themis, surgecast, perfect-forecast, "
+            "static-peak."
+        ),
+    ] = "all",
     start: Annotated[
         str | None, typer.Option(help="Start of the simulated span (UTC, ISO 8601).")
     ] = None,
@@ -821,12 +829,15 @@ def backtest(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from forecasting.models import MODELS
-    from surgecast.offline.backtest import POLICIES, BacktestSettings
+    from surgecast.offline.backtest import POLICIES, POLICY_NAMES, BacktestSettings
     from surgecast.offline.scenarios import SCENARIOS
     from surgecast.offline.simulator import ROUTINGS
     from surgecast.offline.stages import backtest_trace, check_output_dir
 
-    names = tuple(_names(policies, "--policies", list(POLICIES)))
+    if policies.strip() == "all":
+        names = POLICIES
+    else:
+        names = tuple(_names(policies, "--policies", list(POLICY_NAMES)))
     if node_cores is None:
         for flag, value in (("--nodes", nodes), ("--max-nodes", max_nodes)):
             if value is not None:

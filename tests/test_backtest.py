@@ -255,8 +255,9 @@ def test_cli_backtest_writes_the_report_and_prints_the_table(tmp_path):
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     data = json.loads((out / "results.json").read_text())
-    assert set(data["policies"]) == {
-        "hpa", "surgecast", "surgecast-no-bridge", "surgecast-no-forecast", "static-peak"
+    assert set(data["policies"]) == {  # hpa runs as hpa-70, reported under both names
+        "hpa", "hpa-70", "surgecast", "surgecast-no-bridge", "surgecast-no-forecast",
+        "static-peak",
     }
     assert data["settings"]["routing"] == "least-outstanding"
     assert (out / "report.html").exists() and "surgecast" in done.output

@@ -8,8 +8,12 @@ cluster port (:mod:`surgecast.offline.engine`). surgecast is the production run:
 ``every_s`` from the minute means observed so far (a model fitted on the days before the span,
 refitted on a cadence with data before each refit only), the one planning function
 (:func:`surgecast.planning.plan_cycle`) and the real :func:`actuator.apply.actuate`, above which
-the model's HPA runs on the pod shape the plan set. The baselines run on the same model: the
-Kubernetes HPA (the model's controller at 70 %) and static peak provisioning.
+the model's HPA runs on the pod shape the plan set. The baselines run on the same model, each
+swept where it has a setting an operator tunes: the Kubernetes HPA on CPU (``hpa-50`` ..
+``hpa-90``, the model's controller fed by the metrics-server model; ``hpa`` is ``hpa-70``'s row
+under its old name), the RPS-based HPA a KEDA Prometheus trigger creates (``keda-50`` ..
+``keda-90``), the VPA recommender and updater in place, reactive Themis and static peak
+provisioning.
 
 The in-place bridge is production's controller too (:mod:`surgecast.offline.bridge`): it ticks
 every ``bridge.interval_s`` on a Prometheus-like signal of the simulated load (scraped every
@@ -42,10 +46,16 @@ from forecasting.trust import PastForecast, Trust, gate
 from planner.dp import StageConfig, horizontal
 from planner.profiles import Pipeline
 from surgecast.offline.bound import LowerBound, lower_bound
-from surgecast.offline.bridge import SCRAPE_S, bridge_factory
-from surgecast.offline.cluster import Clock, ClusterModel, Node, NodePool
+from surgecast.offline.bridge import SCRAPE_S, ScrapedRate, bridge_factory
+from surgecast.offline.cluster import (
+    Clock,
+    ClusterModel,
+    Node,
+    NodePool,
+    external_average_value,
+)
 from surgecast.offline.controllers import PipelineCycle, ThemisController, VpaController
-from surgecast.offline.engine import Controller, Engine, StageBinding
+from surgecast.offline.engine import METRIC_RESOLUTION_S, Controller, Engine, StageBinding
 from surgecast.offline.port import SimPort
 from surgecast.offline.scenarios import apply_scenario
 from surgecast.offline.simulator import (
@@ -58,8 +68,22 @@ from surgecast.settings import ForecastSettings, ServiceSettings, Settings
 QUANTILE_LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
 """The forecast quantiles every forecaster answers (the Forecast contract's)."""
 
+HPA_TARGETS: tuple[int, ...] = (50, 60, 70, 80, 90)
+"""The targets the HPA baselines are swept over (% of one pod's CPU request, or of one pod's
+capacity in requests per second for KEDA)."""
+HPA_SWEEP: tuple[str, ...] = tuple(f"hpa-{t}" for t in HPA_TARGETS)
+KEDA_SWEEP: tuple[str, ...] = tuple(f"keda-{t}" for t in HPA_TARGETS)
+SWEEPS: dict[str, tuple[str, ...]] = {"hpa-sweep": HPA_SWEEP, "keda-sweep": KEDA_SWEEP}
+"""Presets ``--policies`` accepts: every target of a sweep."""
+HPA_ALIAS = "hpa"
+"""The CPU HPA's row under its old name: ``hpa-70``'s run (the common 70 % target), kept in
+the results for continuity."""
+HPA_ALIAS_OF = "hpa-70"
+
 POLICIES: tuple[str, ...] = (
-    "hpa",
+    HPA_ALIAS,
+    *HPA_SWEEP,
+    *KEDA_SWEEP,
     "vpa",
     "themis",
     "surgecast",
@@ -70,6 +94,14 @@ POLICIES: tuple[str, ...] = (
 )
 """Every policy a backtest can run, in report order."""
 
+POLICY_NAMES: tuple[str, ...] = (*POLICIES, *SWEEPS)
+"""What ``--policies`` accepts: the policies and the sweep presets."""
+
+KEDA_METRIC = "s0-prometheus"
+"""The External metric KEDA names after a ScaledObject's first trigger (a Prometheus one)."""
+KEDA_QUERY_WINDOW_S = 60.0
+"""The trigger's query, ``sum(rate(requests_total[1m]))``: a rate over the last minute."""
+
 ABLATIONS: tuple[str, ...] = ("surgecast-no-bridge", "surgecast-no-forecast")
 """Rows every run that includes surgecast carries beside it."""
 
@@ -77,7 +109,35 @@ NAMESPACE = "inference"
 SERVICE = "backtest"
 BATCH_ENV = "BATCH_SIZE"
 HPA_TARGET = 0.7
-"""The Kubernetes HPA baseline's CPU target (the common 70 %)."""
+"""The CPU target of the ``hpa`` row (``hpa-70``) and of the replicas the VPA runs."""
+
+
+def sweep_target(name: str) -> tuple[str, float] | None:
+    """("hpa" or "keda", target as a fraction) of a swept policy's name, else None."""
+    for kind, names in (("hpa", HPA_SWEEP), ("keda", KEDA_SWEEP)):
+        if name in names:
+            return kind, int(name.rsplit("-", 1)[1]) / 100.0
+    return None
+
+
+def expand_policies(names: Sequence[str]) -> list[str]:
+    """The runs ``names`` asks for, in its order: sweep presets expanded, ``hpa`` run as
+    ``hpa-70``, each once.
+
+    Raises:
+        BadInputError: an unknown name.
+    """
+    unknown = [p for p in names if p not in POLICY_NAMES]
+    if unknown:
+        raise BadInputError(
+            f"--policies: unknown {', '.join(unknown)}; choose from {', '.join(POLICY_NAMES)}"
+        )
+    runs: list[str] = []
+    for name in names:
+        for run in SWEEPS.get(name, (HPA_ALIAS_OF if name == HPA_ALIAS else name,)):
+            if run not in runs:
+                runs.append(run)
+    return runs
 
 
 @dataclass(frozen=True)
@@ -122,7 +182,9 @@ class BacktestSettings:
             time; above a plan the headroom is already in the plan (forecast quantile, √λ) and
             in the in-place bridge, so this HPA only catches what both missed.
         signal_scrape_s: scrape interval of the simulated Prometheus the bridge's fast signal
-            comes from (s).
+            and KEDA's trigger query come from (s).
+        metric_resolution_s: metrics-server's ``--metric-resolution``: how often the CPU the
+            HPAs and the VPA see is scraped (s).
         rps_scale: multiplies the trace's rate.
         scenario: a stress scenario reshaping the arrivals, history included
             (:data:`surgecast.offline.scenarios.SCENARIOS`); None: the trace as is.
@@ -162,6 +224,7 @@ class BacktestSettings:
     stabilisation_s: int = int(DEFAULTS.stabilisation_s)
     hpa_target_above_plan: float = 0.9
     signal_scrape_s: float = SCRAPE_S
+    metric_resolution_s: float = METRIC_RESOLUTION_S
     rps_scale: float = 1.0
     scenario: str | None = None
     scenario_seed: int = 0
@@ -466,12 +529,7 @@ def run_backtest(
         raise BadInputError(
             f"--routing: unknown {settings.routing!r}; choose from {', '.join(ROUTINGS)}"
         )
-    unknown = [p for p in settings.policies if p not in POLICIES]
-    if unknown:
-        raise BadInputError(
-            f"--policies: unknown {', '.join(unknown)}; choose from {', '.join(POLICIES)}"
-        )
-    policies = list(dict.fromkeys(settings.policies))
+    policies = expand_policies(settings.policies)
     if "surgecast" in policies:  # the ablations go beside the headline in every run
         at = policies.index("surgecast") + 1
         policies[at:at] = [a for a in ABLATIONS if a not in policies]
@@ -537,7 +595,7 @@ def run_backtest(
         pipeline, settings, bounds, counts, history, start, warm, median_shape, bridge,
         port or SimPort, spec,
     )
-    if set(policies) - {"hpa", "static-peak"}:
+    if set(policies) - {*HPA_SWEEP, *KEDA_SWEEP, "static-peak"}:
         service_spec(ctx, hpa=True)  # refuse settings the service spec refuses, before any run
 
     forecasts: list[tuple[pd.Timestamp, np.ndarray]] = []
@@ -557,6 +615,12 @@ def run_backtest(
             notes[name] = note
         if progress is not None:
             progress(name, n_sec, total=n_sec)
+    if HPA_ALIAS_OF in runs:
+        runs[HPA_ALIAS] = runs[HPA_ALIAS_OF]
+        run_seconds[HPA_ALIAS] = run_seconds[HPA_ALIAS_OF]
+        notes[HPA_ALIAS] = f"{HPA_ALIAS_OF} under its old name"
+    # rows in report order (the sweeps together), whatever order they were asked in
+    runs = {name: runs[name] for name in sorted(runs, key=POLICIES.index)}
     return BacktestResult(
         trace=trace_name,
         profile=profile_name,
@@ -751,25 +815,23 @@ def _run_on_model(name: str, ctx: _Context, model_fc: ModelForecaster | None, pr
     names = deployment_names(pipeline)
     n_stages = len(pipeline.stages)
     note = ""
-    if name == "hpa":
-        per_pod = float(
-            pipeline.stages[0].throughput_rps(ctx.median_shape.batch, ctx.median_shape.cores)
-        )
-        replicas = max(1, math.ceil(float(ctx.counts[:60].mean()) / (HPA_TARGET * per_pod)))
-        shapes = [StageConfig(replicas, ctx.median_shape.cores, ctx.median_shape.batch)] * n_stages
+    swept = sweep_target(name)
+    # The HPA baselines and the VPA run pods of the shape the horizontal DP picks for the
+    # trace's median load (what an operator sizes a pod for), as many as carry the span's first
+    # minute at the target (the VPA: at the 70 % an operator would run).
+    per_pod = float(
+        pipeline.stages[0].throughput_rps(ctx.median_shape.batch, ctx.median_shape.cores)
+    )
+    target = swept[1] if swept else HPA_TARGET
+    warm = max(1, math.ceil(float(ctx.counts[:60].mean()) / (target * per_pod)))
+    if swept or name == "vpa":
+        shapes = [StageConfig(warm, ctx.median_shape.cores, ctx.median_shape.batch)] * n_stages
     elif name == "static-peak":
         shapes = list(
             horizontal(
                 pipeline, _peak_rps(ctx.counts), s.slo_ms, max_replicas=bounds.max_replicas
             ).stages
         )
-    elif name == "vpa":
-        peak = _peak_rps(ctx.counts)
-        top = horizontal(pipeline, peak, s.slo_ms, max_replicas=bounds.max_replicas).stages[0]
-        # Enough replicas to carry the peak at the largest pods: vertical scaling can cover it.
-        per_pod = float(pipeline.stages[0].throughput_rps(top.batch, bounds.max_cores))
-        replicas = max(1, math.ceil((peak + math.sqrt(peak)) / per_pod))
-        shapes = [StageConfig(replicas, w.cores, top.batch) for w in ctx.warm]
     else:
         # An in-place resize changes CPU, not the server's batch (the actuator writes a batch
         # only into the template, and only with rewrite_template): the pods run at the batch
@@ -791,12 +853,29 @@ def _run_on_model(name: str, ctx: _Context, model_fc: ModelForecaster | None, pr
         slo_ms=s.slo_ms,
         progress=progress,
         routing=s.routing,
+        metric_resolution_s=s.metric_resolution_s,
     )
-    if name == "hpa":
+    if swept and swept[0] == "hpa":
         for dep in names:
             model.add_hpa(NAMESPACE, f"{dep}-hpa", dep, min_replicas=1,
                           max_replicas=bounds.max_replicas,
-                          target_utilisation=round(100 * HPA_TARGET))
+                          target_utilisation=round(100 * swept[1]))
+    elif swept:
+        # KEDA: a ScaledObject with a Prometheus trigger (query sum(rate(requests_total[1m])),
+        # threshold = the target share of one pod's capacity) makes this HPA; its adapter runs
+        # the query on the simulated Prometheus whenever the HPA asks.
+        scraped = ScrapedRate(engine, s.signal_scrape_s)
+        engine.external_metrics[KEDA_METRIC] = lambda: scraped.rate(KEDA_QUERY_WINDOW_S)
+        threshold = swept[1] * per_pod
+        for dep in names:
+            model.add_hpa(
+                NAMESPACE, f"keda-hpa-{dep}", dep, min_replicas=1,
+                max_replicas=bounds.max_replicas,
+                metrics=[external_average_value(
+                    KEDA_METRIC, threshold, {"scaledobject.keda.sh/name": dep}
+                )],
+            )
+        note = f"threshold {threshold:.1f} rps per pod"
     elif name in ("themis", "vpa"):
         spec = service_spec(ctx, hpa=False)
         config = spec.actuator_config(SERVICE)
@@ -807,6 +886,7 @@ def _run_on_model(name: str, ctx: _Context, model_fc: ModelForecaster | None, pr
             )
         else:
             controller = VpaController(engine, port, config, batch)
+            _seed_vpa(controller, ctx, shapes)
         engine.controllers.append(controller)
     elif name != "static-peak":
         spec = service_spec(ctx, hpa=True)
@@ -850,6 +930,23 @@ def _run_on_model(name: str, ctx: _Context, model_fc: ModelForecaster | None, pr
         result.node_cores = None  # one node that never binds: no node cost to report
     result.policy = name
     return result, note
+
+
+def _seed_vpa(vpa: VpaController, ctx: _Context, shapes: Sequence[StageConfig]) -> None:
+    """The recommender's checkpoint at the span's start: a sample a minute per pod over the
+    ``train_days`` before it, of the CPU the pods at their starting shape would have used then
+    (each stage's load spread evenly, at most the pods' cores; the load is the first stage's
+    for every stage, as the serving model passes it on)."""
+    before = ctx.history.loc[: ctx.start - pd.Timedelta(minutes=1)]
+    before = before.loc[ctx.start - pd.Timedelta(days=ctx.settings.train_days) :]
+    if before.empty:
+        return
+    times = before.index.map(lambda t: t.timestamp()).to_numpy()
+    load = np.nan_to_num(before.to_numpy(dtype=np.float64))
+    for i, (shape, profile) in enumerate(zip(shapes, ctx.pipeline.stages, strict=True)):
+        capacity = shape.replicas * float(profile.throughput_rps(shape.batch, shape.cores))
+        used = shape.cores * np.minimum(1.0, load / capacity)
+        vpa.seed(i, times, used, float(shape.cores), shape.replicas)
 
 
 def _at(forecaster, start: pd.Timestamp):

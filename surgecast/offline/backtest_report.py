@@ -1,8 +1,9 @@
 """The backtest report: one self-contained HTML page (plots as base64 PNG data URIs).
 
-It shows, over the simulated span, the load with surgecast's forecast, the ready capacity per
-policy, the SLO-violating requests per policy, a zoom on the largest surge, the summary table and
-the settings.
+It shows cost against violations for every policy (each sweep a connected curve), over the
+simulated span the load with surgecast's forecast, the ready capacity per policy, the
+SLO-violating requests per policy, a zoom on the largest surge, the summary table and the
+settings.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from surgecast.offline.backtest import ABLATIONS
+from surgecast.offline.backtest import (
+    ABLATIONS,
+    HPA_ALIAS,
+    HPA_SWEEP,
+    KEDA_SWEEP,
+    sweep_target,
+)
 from surgecast.offline.report import _CSS, _img, _new_figure, _png_bytes, _settings_html
 from surgecast.offline.simulator import per_minute
 
@@ -29,7 +36,23 @@ _COLOURS = {
     "surgecast-no-forecast": "#bcbd22",
     "perfect-forecast": "#2ca02c",
     "static-peak": "#7f7f7f",
+    **{name: c for name, c in zip(HPA_SWEEP, ("#f4a6a6", "#e8706f", "#d62728", "#a31d1d",
+                                                 "#6b1212"), strict=True)},
+    **{name: c for name, c in zip(KEDA_SWEEP, ("#e3c9b6", "#c9a07f", "#8c564b", "#6b3f35",
+                                                  "#45281f"), strict=True)},
 }
+_SWEEPS = (("CPU HPA", HPA_SWEEP, "#d62728"), ("KEDA (rps)", KEDA_SWEEP, "#8c564b"))
+
+
+def _timeline_runs(result: BacktestResult) -> dict:
+    """The runs the time plots draw: of each sweep only its 70 % setting (the ``hpa`` row is
+    ``hpa-70`` under its old name), so the lines stay readable; the cost-violation chart has
+    every setting."""
+    return {
+        name: run
+        for name, run in result.runs.items()
+        if name != HPA_ALIAS and (sweep_target(name) is None or name in ("hpa-70", "keda-70"))
+    }
 
 
 def _time_axis(result: BacktestResult, n_minutes: int) -> np.ndarray:
@@ -39,7 +62,7 @@ def _time_axis(result: BacktestResult, n_minutes: int) -> np.ndarray:
 
 def plot_overview(result: BacktestResult) -> bytes:
     """PNG: load and forecast; ready capacity per policy; violating requests per minute."""
-    runs = result.runs
+    runs = _timeline_runs(result)
     first = next(iter(runs.values()))
     load = per_minute(first.arrivals)
     x = _time_axis(result, len(load))
@@ -94,7 +117,7 @@ def plot_surge(result: BacktestResult, before_s: int = 600, after_s: int = 900) 
     fig, (ax_cap, ax_vio) = _new_figure(11, 6.5, rows=2)
     smooth = pd.Series(first.arrivals[lo:hi]).rolling(10, min_periods=1).mean()
     ax_cap.plot(x, smooth, color="black", lw=0.9, label="load (10-s mean)")
-    for name, run in result.runs.items():
+    for name, run in _timeline_runs(result).items():
         ax_cap.plot(x, run.capacity_rps[lo:hi], lw=1.0, color=_COLOURS.get(name), label=name)
         ax_vio.plot(
             x, np.cumsum(run.violations[lo:hi]), lw=1.0, color=_COLOURS.get(name), label=name
@@ -120,6 +143,80 @@ def _bars_list(summary: dict) -> str:
         for b in bars
     )
     return f"<h2>Bars</h2><ul class=\"bars\">{items}</ul>"
+
+
+def plot_cost_violations(result: BacktestResult) -> bytes:
+    """PNG: core-hours (x) against requests over the SLO (y) for every policy; each sweep a
+    curve through its targets (labelled in %), so a policy below and left of a curve
+    dominates that baseline. y is logarithmic when the counts span more than 10x (symlog
+    when one is 0)."""
+    summaries = {
+        name: run.summary() for name, run in result.runs.items() if name != HPA_ALIAS
+    }
+    fig, (ax,) = _new_figure(9, 6)
+    for label, names, colour in _SWEEPS:
+        pts = [(n, summaries[n]) for n in names if n in summaries]
+        if not pts:
+            continue
+        xs = [p["core_hours"] for _, p in pts]
+        ys = [p["violations"] for _, p in pts]
+        ax.plot(xs, ys, "-o", color=colour, lw=1.2, ms=5, label=f"{label} sweep")
+        for (n, _), x, y in zip(pts, xs, ys, strict=True):
+            ax.annotate(f"{round(100 * sweep_target(n)[1])} %", (x, y), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points", color=colour)
+    for name, p in summaries.items():
+        if sweep_target(name) is not None:
+            continue
+        marker = "*" if name == "surgecast" else "s"
+        ax.plot([p["core_hours"]], [p["violations"]], marker, ms=13 if marker == "*" else 7,
+                color=_COLOURS.get(name, "#333333"), label=name, ls="none")
+    ys = [p["violations"] for p in summaries.values()]
+    positive = [y for y in ys if y > 0]
+    if positive and min(ys) == 0:
+        ax.set_yscale("symlog", linthresh=1.0)
+    elif positive and max(positive) > 10 * min(positive):
+        ax.set_yscale("log")
+    ax.set_xlabel("core-hours (requested cores of every pod bound to a node)")
+    ax.set_ylabel("requests over the SLO")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    return _png_bytes(fig)
+
+
+def curve_comparison(result: BacktestResult, sweep: tuple[str, ...], label: str) -> str | None:
+    """One sentence on where surgecast sits against a sweep: the setting it is compared with
+    (the cheapest that costs at least as much as surgecast) and whether surgecast is on or
+    below the sweep's cost-violation curve (no setting that costs as much or more has fewer
+    requests over the SLO). None without surgecast or the sweep."""
+    if "surgecast" not in result.runs:
+        return None
+    ours = result.runs["surgecast"].summary()
+    points = {n: result.runs[n].summary() for n in sweep if n in result.runs}
+    if not points:
+        return None
+    costlier = {n: p for n, p in points.items() if p["core_hours"] >= ours["core_hours"]}
+    if not costlier:
+        top = max(points, key=lambda n: points[n]["core_hours"])
+        return (
+            f"surgecast ({ours['core_hours']:.1f} core-hours) costs more than every {label} "
+            f"setting run (the costliest, {top}, {points[top]['core_hours']:.1f}), so it is "
+            f"not under that curve: {top} had {points[top]['violations']:,} requests over the "
+            f"SLO against surgecast's {ours['violations']:,}."
+        )
+    ref = min(costlier, key=lambda n: (costlier[n]["core_hours"], n))
+    better = sorted(n for n, p in costlier.items() if p["violations"] < ours["violations"])
+    where = (
+        f"surgecast sits on or below the {label} cost-violation curve"
+        if not better
+        else f"surgecast sits ABOVE the {label} cost-violation curve ({', '.join(better)} "
+        "cost as much or more and had fewer)"
+    )
+    return (
+        f"Against the {label}: the cheapest setting that costs at least as much as surgecast is "
+        f"{ref} ({costlier[ref]['core_hours']:.1f} core-hours against "
+        f"{ours['core_hours']:.1f}; {costlier[ref]['violations']:,} requests over the SLO "
+        f"against {ours['violations']:,}); {where}."
+    )
 
 
 def _summary_table(result: BacktestResult) -> str:
@@ -199,6 +296,10 @@ def verdict(result: BacktestResult) -> str:
     if ablations:
         text += f" Ablations (surgecast: {ours['violations']:,}, {ours['core_hours']:.1f}): "
         text += "; ".join(ablations) + "."
+    for sweep, label in ((HPA_SWEEP, "CPU HPA"), (KEDA_SWEEP, "KEDA RPS HPA")):
+        sentence = curve_comparison(result, sweep, label)
+        if sentence:
+            text += " " + sentence
     return text
 
 
@@ -220,6 +321,12 @@ def render_backtest_html(result: BacktestResult) -> str:
 <h1>{esc(title)}</h1>
 <p class="verdict">{esc(verdict(result))}</p>
 {_bars_list(summary)}
+<h2>Cost against violations</h2>
+{_img(plot_cost_violations(result), "core-hours against requests over the SLO, every policy")}
+<p class="note">Each sweep is one baseline at its targets (CPU HPA: % of the CPU request; KEDA:
+% of one pod's capacity in requests per second as the trigger's threshold). A policy below a
+curve has fewer violations than that baseline at the same cost; left of it, a lower cost at
+the same violations. The <code>hpa</code> row is <code>hpa-70</code>.</p>
 <h2>Summary</h2>
 {_summary_table(result)}
 <p class="note">A request violates the SLO when processing + batch fill + queueing wait exceeds

@@ -9,9 +9,12 @@ both fronts answer alike.
 Each controller follows the Kubernetes component it stands for, cited where it is defined:
 
 * **HPA** (:meth:`ClusterModel._hpa_sync`, ``pkg/controller/podautoscaler/horizontal.go``): acts
-  only at its sync period (15 s), from the CPU utilisation a test states with
-  :meth:`ClusterModel.set_hpa_utilisation`; tolerance, scale-down stabilisation, rate limits and
-  ``spec.behavior`` as the real controller.
+  only at its sync period (15 s); per-pod CPU metrics from the resource metrics API
+  (:attr:`ClusterModel.metrics`, or the utilisation a test states with
+  :meth:`ClusterModel.set_hpa_utilisation`), grouped as ``replica_calculator.go`` does (pods
+  unready, starting within the CPU initialisation period, or missing metrics); External metrics
+  of target type AverageValue (what a KEDA ScaledObject creates); tolerance, scale-down
+  stabilisation, rate limits and ``spec.behavior`` as the real controller.
 * **Deployment** (:meth:`ClusterModel._deployment`, ``pkg/controller/deployment/rolling.go``):
   one ReplicaSet per pod template, rolling updates bounded by maxSurge/maxUnavailable.
 * **ReplicaSet** (:meth:`ClusterModel._replicaset`, ``pkg/controller/replicaset/
@@ -45,6 +48,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import pandas as pd
 
@@ -56,6 +60,16 @@ HPA_TOLERANCE = 0.1
 """``--horizontal-pod-autoscaler-tolerance`` default: no change within 10 % of the target."""
 HPA_DOWNSCALE_STABILISATION_S = 300.0
 """``--horizontal-pod-autoscaler-downscale-stabilization`` default."""
+HPA_CPU_INITIALIZATION_PERIOD_S = 300.0
+"""``--horizontal-pod-autoscaler-cpu-initialization-period`` default: for this long after a
+pod starts, its CPU sample counts only if the pod is Ready and the sample's whole window
+followed its last readiness change."""
+HPA_INITIAL_READINESS_DELAY_S = 30.0
+"""``--horizontal-pod-autoscaler-initial-readiness-delay`` default: after the initialisation
+period, an unready pod is ignored if its readiness last changed within this long of its start
+(it has never been ready)."""
+STATED_METRIC_WINDOW_S = 15.0
+"""The window of a utilisation a test states (metrics-server's default resolution)."""
 DEFAULT_GRACE_S = 30
 """``spec.terminationGracePeriodSeconds`` default (``pkg/apis/core/v1/defaults.go``)."""
 QUOTA_NAME = "compute-quota"
@@ -247,6 +261,22 @@ class HpaState:
     scale_down_events: list[tuple[float, int]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PodMetric:
+    """One pod's CPU as the resource metrics API (metrics.k8s.io, served by metrics-server)
+    reports it (``PodMetric`` in pkg/controller/podautoscaler/metrics/interfaces.go).
+
+    Attributes:
+        millicores: the average CPU its containers used over the window.
+        timestamp_s: the end of the window (epoch s).
+        window_s: the window's length (s).
+    """
+
+    millicores: int
+    timestamp_s: float
+    window_s: float
+
+
 @dataclass
 class ClusterModel:
     """Objects by (resource, namespace, name), with resourceVersions and controllers.
@@ -274,13 +304,19 @@ class ClusterModel:
             (millicores); None: no quota.
         hpa_utilisation: per HPA name, the average CPU utilisation of its ready pods (% of
             their request) the metrics API reports; unset: 0 % (idle).
-        hpa_sync_period_s, hpa_tolerance, hpa_downscale_stabilisation_s: the
+        external_values: per External metric name, the value the external metrics API
+            reports (what a test states); unset: no value (the metric fails).
+        hpa_sync_period_s, hpa_tolerance, hpa_downscale_stabilisation_s,
+            hpa_cpu_initialization_period_s, hpa_initial_readiness_delay_s: the
             kube-controller-manager's HPA flags.
         seed: seeds the uids and container ids, so that a scenario replays identically.
-        metrics: the metrics API: called at an HPA sync with the HPA and its target's ready
-            pods, answers their average CPU utilisation (% of their request). The backtest's
-            engine sets it from the CPU the served load keeps busy. None: ``hpa_utilisation``
-            (what a test states).
+        metrics: the resource metrics API: called at an HPA sync with the HPA and its target's
+            live pods, answers a :class:`PodMetric` per pod it has one for. The backtest's
+            engine sets it from the CPU the served load keeps busy, scraped as metrics-server
+            scrapes it. None: ``hpa_utilisation`` (what a test states), fresh at every sync.
+        external_metrics: the external metrics API (KEDA's metrics adapter): called at an HPA
+            sync with the HPA and its External metric's ``metric`` object, answers the value
+            (the sum of the series) or None. None: ``external_values``.
         follow_clock: reconcile whenever the clock moves (tests). A simulation that moves the
             clock every second turns it off and reconciles only when something is due
             (:meth:`next_due_s`) or it writes, which gives the same states at less cost.
@@ -297,11 +333,15 @@ class ClusterModel:
     stuck_resizes: set[str] = field(default_factory=set)
     quota_millicores: int | None = None
     hpa_utilisation: dict[str, float] = field(default_factory=dict)
+    external_values: dict[str, float] = field(default_factory=dict)
     hpa_sync_period_s: float = HPA_SYNC_PERIOD_S
     hpa_tolerance: float = HPA_TOLERANCE
     hpa_downscale_stabilisation_s: float = HPA_DOWNSCALE_STABILISATION_S
+    hpa_cpu_initialization_period_s: float = HPA_CPU_INITIALIZATION_PERIOD_S
+    hpa_initial_readiness_delay_s: float = HPA_INITIAL_READINESS_DELAY_S
     seed: int = 0
-    metrics: Callable[[dict, list[dict]], float] | None = None
+    metrics: Callable[[dict, list[dict]], dict[str, PodMetric]] | None = None
+    external_metrics: Callable[[dict, dict], float | None] | None = None
     follow_clock: bool = True
 
     def __post_init__(self) -> None:
@@ -514,18 +554,18 @@ class ClusterModel:
         max_replicas: int,
         target_utilisation: int = 70,
         behavior: dict | None = None,
+        metrics: list[dict] | None = None,
     ) -> dict:
         """An autoscaling/v2 HPA on the Deployment's CPU utilisation (``target_utilisation`` %
-        of the request). Its first sync is one sync period after its creation: the controller
-        queues every HPA with the resync delay (``enqueueHPA`` in horizontal.go)."""
+        of the request), or on ``metrics`` when given (e.g. :func:`external_average_value`, the
+        HPA a KEDA ScaledObject creates). Its first sync is one sync period after its creation:
+        the controller queues every HPA with the resync delay (``enqueueHPA`` in
+        horizontal.go)."""
         if not 1 <= min_replicas <= max_replicas:
             raise ValueError(f"need 1 <= min_replicas <= max_replicas, not {min_replicas}, "
                              f"{max_replicas}")
-        spec = {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
-            "minReplicas": min_replicas,
-            "maxReplicas": max_replicas,
-            "metrics": [
+        if metrics is None:
+            metrics = [
                 {
                     "type": "Resource",
                     "resource": {
@@ -533,7 +573,12 @@ class ClusterModel:
                         "target": {"type": "Utilization", "averageUtilization": target_utilisation},
                     },
                 }
-            ],
+            ]
+        spec = {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": clone(metrics),
         }
         if behavior is not None:
             spec["behavior"] = clone(behavior)
@@ -557,6 +602,14 @@ class ClusterModel:
             raise ValueError(f"utilisation of {hpa_name} must be a finite % >= 0, not {percent}")
         with self.lock:
             self.hpa_utilisation[hpa_name] = float(percent)
+
+    def set_external_metric(self, metric_name: str, value: float) -> None:
+        """State an External metric's value (the sum over its series, e.g. requests per
+        second), as the external metrics API reports it from the next HPA sync on."""
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"external metric {metric_name} must be finite and >= 0, not {value}")
+        with self.lock:
+            self.external_values[metric_name] = float(value)
 
     # ----------------------------------------------------------------------------------------
     # views for tests
@@ -751,17 +804,17 @@ class ClusterModel:
                 limited = ("True", "TooFewReplicas", "the desired replica count is less than "
                            "the minimum replica count")
             else:
-                proposal, metric = self._hpa_metric_replicas(hpa, dep, current)
+                proposal, metric, found = self._hpa_metric_replicas(hpa, dep, current)
                 if proposal is None:
-                    _set_condition(status, "ScalingActive", "False", "FailedGetResourceMetric",
-                                   self._now, "the HPA was unable to compute the replica count: "
-                                   "no ready pods report metrics")
+                    reason, message = found
+                    _set_condition(status, "ScalingActive", "False", reason, self._now,
+                                   f"the HPA was unable to compute the replica count: {message}")
                     status.update(currentReplicas=current, desiredReplicas=current)
                     self._put_status("horizontalpodautoscalers", hpa, status)
                     return
                 _set_condition(status, "ScalingActive", "True", "ValidMetricFound", self._now,
                                "the HPA was able to successfully calculate a replica count from "
-                               "cpu resource utilization (percentage of request)")
+                               f"{found}")
                 if spec.get("behavior") is None:
                     desired, limited = self._normalise(state, current, proposal, lo, hi)
                 else:
@@ -789,47 +842,183 @@ class ClusterModel:
             desiredReplicas=desired,
         )
         if metric is not None:
-            status["currentMetrics"] = [
-                {
-                    "type": "Resource",
-                    "resource": {"name": "cpu", "current": {"averageUtilization": metric}},
-                }
-            ]
+            status["currentMetrics"] = metric
         self._put_status("horizontalpodautoscalers", hpa, status)
 
     def _hpa_metric_replicas(self, hpa: dict, dep: dict, current: int):
-        """(proposed replicas, utilisation %) from the CPU metric, or (None, None) without
-        ready pods. ``GetResourceReplicas`` (pkg/controller/podautoscaler/
-        replica_calculator.go): ratio = utilisation / target; within the tolerance no change;
-        on a scale-up unready pods count as 0 % used; ceil(ratio x pods)."""
-        ns = dep["metadata"]["namespace"]
-        pods = self.live_pods_of(ns, dep["metadata"]["name"])
-        ready = [p for p in pods if _ready(p)]
+        """(proposal, currentMetrics, what it came from) over the HPA's metrics, or (None,
+        None, (reason, message)) when none gives a count.
+
+        ``computeReplicasForMetrics`` (horizontal.go): each metric proposes a count and the
+        largest wins. Simplified: a metric that fails is left out (the real controller also
+        refuses to scale down while one fails); metric types other than CPU Utilization and
+        External AverageValue are not modelled and count as failing.
+        """
+        proposals, current_metrics, sources = [], [], []
+        failure = ("FailedGetResourceMetric", "no metrics returned")
+        for spec in hpa["spec"].get("metrics") or _DEFAULT_HPA_METRICS:
+            kind = spec.get("type")
+            resource = spec.get("resource") or {}
+            external = spec.get("external") or {}
+            if kind == "Resource" and resource.get("name") == "cpu" and (
+                (resource.get("target") or {}).get("type", "Utilization") == "Utilization"
+            ):
+                target = float((resource.get("target") or {}).get("averageUtilization") or 80)
+                proposal, utilisation = self._hpa_cpu_replicas(hpa, dep, current, target)
+                if proposal is None:
+                    failure = ("FailedGetResourceMetric", "did not receive metrics for targeted "
+                               "pods (pods might be unready)")
+                    continue
+                current_metrics.append({
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "current": {"averageUtilization": utilisation}},
+                })
+                sources.append("cpu resource utilization (percentage of request)")
+            elif kind == "External" and (external.get("target") or {}).get("type") == (
+                "AverageValue"
+            ):
+                proposal, average_m = self._hpa_external_replicas(hpa, dep, external)
+                name = (external.get("metric") or {}).get("name", "")
+                if proposal is None:
+                    failure = ("FailedGetExternalMetric", f"unable to get external metric "
+                               f"{name}: no metrics returned from external metrics API")
+                    continue
+                current_metrics.append({
+                    "type": "External",
+                    "external": {
+                        "metric": clone(external.get("metric") or {}),
+                        "current": {"averageValue": f"{average_m}m"},
+                    },
+                })
+                sources.append(f"external metric {name}")
+            else:
+                failure = ("InvalidMetricSourceType", f"unsupported metric source {kind!r}")
+                continue
+            proposals.append(proposal)
+        if not proposals:
+            return None, None, failure
+        return max(proposals), current_metrics, ", ".join(sources)
+
+    def _pod_metrics(self, hpa: dict, pods: list[dict]) -> dict[str, PodMetric]:
+        """The resource metrics API's answer for the target's pods: the engine's scrape model,
+        or a stated utilisation, fresh now, for every pod whose containers run (0 for a pod
+        not Ready: it serves nothing)."""
+        if self.metrics is not None:
+            return self.metrics(hpa, pods)
+        percent = self.hpa_utilisation.get(hpa["metadata"]["name"], 0.0)
+        out = {}
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") != "Running":
+                continue
+            used = _desired(pod) * percent / 100.0 if _ready(pod) else 0.0
+            out[pod["metadata"]["name"]] = PodMetric(
+                int(used), self._now, STATED_METRIC_WINDOW_S
+            )
+        return out
+
+    def _group_pods(self, pods: list[dict], metrics: dict[str, PodMetric]):
+        """``groupPods`` (replica_calculator.go) for CPU: (ready names, unready names, missing
+        names). Terminating pods are ignored; a Pending pod is unready; a Running pod with no
+        metric is missing. Within ``hpa_cpu_initialization_period_s`` of its start a pod is
+        unready if not Ready or if its sample's window began before its readiness last changed
+        (the sample may include start-up CPU); after it, only if not Ready and its readiness
+        last changed within ``hpa_initial_readiness_delay_s`` of its start (never Ready)."""
+        ready, unready, missing = [], [], []
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            if _terminating(pod):
+                continue
+            status = pod.get("status") or {}
+            if status.get("phase") != "Running":
+                unready.append(name)
+                continue
+            metric = metrics.get(name)
+            if metric is None:
+                missing.append(name)
+                continue
+            condition = next(
+                (c for c in status.get("conditions") or [] if c["type"] == "Ready"), None
+            )
+            if condition is None or not status.get("startTime"):
+                unready.append(name)
+                continue
+            start_s = _epoch_s(status["startTime"])
+            changed_s = _epoch_s(condition.get("lastTransitionTime") or status["startTime"])
+            not_ready = condition["status"] != "True"
+            if start_s + self.hpa_cpu_initialization_period_s > self._now:
+                bad = not_ready or metric.timestamp_s < changed_s + metric.window_s
+            else:
+                bad = not_ready and start_s + self.hpa_initial_readiness_delay_s > changed_s
+            (unready if bad else ready).append(name)
+        return ready, unready, missing
+
+    def _hpa_cpu_replicas(self, hpa: dict, dep: dict, current: int, target: float):
+        """(proposed replicas, utilisation %) from the CPU metric, or (None, None) when no
+        pod's sample counts. ``GetResourceReplicas`` (replica_calculator.go): utilisation =
+        used / requested over the pods whose sample counts (whole percent, as
+        ``GetResourceUtilizationRatio``); within the tolerance no change; otherwise, when no
+        pod is unready or missing, ceil(ratio x those pods). With unready pods on a scale-up
+        they count as 0 % used; missing pods count as 0 % on a scale-up and as max(100 %,
+        target) on a scale-down; the ratio is recomputed, and a recount that flips the
+        direction or falls within the tolerance changes nothing."""
+        pods = self.live_pods_of(dep["metadata"]["namespace"], dep["metadata"]["name"])
+        metrics = self._pod_metrics(hpa, pods)
+        ready, unready, missing = self._group_pods(pods, metrics)
         if not ready:
             return None, None
-        # the metrics client reports whole percent (int32 in GetResourceUtilizationRatio)
-        if self.metrics is not None:
-            utilisation = int(self.metrics(hpa, ready))
-        else:
-            utilisation = int(self.hpa_utilisation.get(hpa["metadata"]["name"], 0.0))
-        target = _target_utilisation(hpa)
-        ratio = utilisation / target
-        unready = len(pods) - len(ready)
-        if not (unready and ratio > 1.0):
+        requests = {p["metadata"]["name"]: _desired(p) for p in pods}
+        used = {name: float(metrics[name].millicores) for name in ready}
+        ratio, utilisation = _utilisation_ratio(used, requests, target)
+        scale_up_with_unready = bool(unready) and ratio > 1.0
+        if not scale_up_with_unready and not missing:
             if abs(1.0 - ratio) <= self.hpa_tolerance:
                 return current, utilisation
             return math.ceil(ratio * len(ready)), utilisation
-        new_ratio = utilisation * len(ready) / (target * len(pods))
+        if missing:
+            if ratio < 1.0:
+                fallback = max(100.0, target)
+                for name in missing:
+                    used[name] = requests[name] * fallback / 100.0
+            elif ratio > 1.0:
+                for name in missing:
+                    used[name] = 0.0
+        if scale_up_with_unready:
+            for name in unready:
+                used[name] = 0.0
+        new_ratio, _ = _utilisation_ratio(used, requests, target)
         if (
             abs(1.0 - new_ratio) <= self.hpa_tolerance
             or (ratio < 1.0 < new_ratio)
             or (ratio > 1.0 > new_ratio)
         ):
             return current, utilisation
-        proposal = math.ceil(new_ratio * len(pods))
+        proposal = math.ceil(new_ratio * len(used))
         if (new_ratio < 1.0 and proposal > current) or (new_ratio > 1.0 and proposal < current):
             return current, utilisation
         return proposal, utilisation
+
+    def _hpa_external_replicas(self, hpa: dict, dep: dict, external: dict):
+        """(proposed replicas, current average per pod in milli-units) from an External metric
+        of target type AverageValue, or (None, None) without a value.
+        ``GetExternalPerPodMetricReplicas`` (replica_calculator.go): usage = the metric's sum
+        (milli-units); ratio = usage / (target x the scale's status replicas, every pod,
+        ready or not); beyond the tolerance, ceil(usage / target)."""
+        metric = external.get("metric") or {}
+        if self.external_metrics is not None:
+            value = self.external_metrics(hpa, metric)
+        else:
+            value = self.external_values.get(metric.get("name", ""))
+        if value is None:
+            return None, None
+        usage_m = int(value * 1000)  # Quantity.MilliValue()
+        target_m = cpu_m(external["target"]["averageValue"])
+        replicas = int((dep.get("status") or {}).get("replicas", 0))
+        if target_m <= 0 or replicas <= 0:
+            return None, None
+        proposal = replicas
+        if abs(1.0 - usage_m / (target_m * replicas)) > self.hpa_tolerance:
+            proposal = math.ceil(usage_m / target_m)
+        return proposal, math.ceil(usage_m / replicas)
 
     def _normalise(self, state: HpaState, current: int, proposal: int, lo: int, hi: int):
         """Without ``spec.behavior``: ``stabilizeRecommendation`` (the highest recommendation
@@ -1524,14 +1713,44 @@ def _rules(rules: dict | None, *, up: bool, down_window_s: float) -> dict:
     return rules
 
 
-def _target_utilisation(hpa: dict) -> float:
-    for metric in hpa["spec"].get("metrics") or []:
-        res = metric.get("resource") or {}
-        if metric.get("type") == "Resource" and res.get("name") == "cpu":
-            value = (res.get("target") or {}).get("averageUtilization")
-            if value:
-                return float(value)
-    return 80.0  # SetDefaults_HorizontalPodAutoscaler: 80 % CPU when no metric is given
+_DEFAULT_HPA_METRICS = (
+    {"type": "Resource",
+     "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}},
+)
+"""``SetDefaults_HorizontalPodAutoscaler``: 80 % CPU when no metric is given."""
+
+
+def external_average_value(name: str, average_value: float, selector: dict | None = None) -> dict:
+    """An autoscaling/v2 External metric with target type AverageValue (``average_value`` per
+    pod, written as a milli-quantity), as KEDA writes one per trigger (``s0-prometheus`` for
+    the first, a Prometheus trigger)."""
+    if not (math.isfinite(average_value) and average_value > 0):
+        raise ValueError(f"average_value of {name} must be > 0, not {average_value}")
+    metric = {"name": name}
+    if selector:
+        metric["selector"] = {"matchLabels": dict(selector)}
+    return {
+        "type": "External",
+        "external": {
+            "metric": metric,
+            "target": {"type": "AverageValue", "averageValue": f"{round(average_value * 1000)}m"},
+        },
+    }
+
+
+def _utilisation_ratio(used_m: dict[str, float], requests_m: dict[str, int], target: float):
+    """``GetResourceUtilizationRatio`` (pkg/controller/podautoscaler/metrics/utilization.go):
+    (whole-percent utilisation / target, whole-percent utilisation) over the pods with a
+    sample and a request."""
+    used = sum(int(v) for n, v in used_m.items() if n in requests_m)
+    requested = sum(requests_m[n] for n in used_m if n in requests_m)
+    utilisation = int(used * 100 / requested) if requested else 0
+    return utilisation / target, utilisation
+
+
+def _epoch_s(iso: str) -> float:
+    """Epoch seconds of an RFC 3339 time the API wrote (``2025-06-02T08:00:00Z``)."""
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def _resources(container: dict) -> dict:

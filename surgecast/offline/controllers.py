@@ -20,7 +20,6 @@ import math
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import pandas as pd
 
 from actuator import pods as P
 from actuator.apply import RunOptions, actuate
-from actuator.guards import run_guards, within_bounds
+from actuator.guards import run_guards
 from actuator.kube import RetryPolicy, converge
 from actuator.records import DecisionRecord
 from actuator.spec import ServiceSpec
@@ -344,11 +343,160 @@ class ThemisController:
         return self._v[key]
 
 
+VPA_HALF_LIFE_S = 24 * 3600.0
+"""The recommender's ``--cpu-histogram-decay-half-life`` default (24 h)."""
+VPA_MARGIN = 0.15
+"""``--recommendation-margin-fraction`` default: the safety margin on every estimate."""
+VPA_MIN_CPU_CORES = 0.025
+"""``--pod-recommendation-min-cpu-millicores`` default (25 m)."""
+VPA_MIN_SAMPLE_WEIGHT = 0.1
+"""``minSampleWeight`` (model/aggregate_container_state.go): a CPU sample weighs its pod's CPU
+request in cores, at least this."""
+
+
+class CpuHistogram:
+    """The VPA recommender's decaying CPU histogram (vertical-pod-autoscaler/pkg/recommender/
+    util: ``histogram.go``, ``decaying_histogram.go``, ``histogram_options.go``).
+
+    Exponential buckets: the first 0.01 core wide, each next 5 % wider, up to 1,000 cores
+    (``CPUHistogramOptions``). A sample at time t weighs ``weight x 2^((t - ref) / half_life)``,
+    so a sample one half-life older weighs half as much; the reference moves forward (every
+    weight rescaled) before the exponent passes 100, as ``shiftReferenceTimestamp`` does.
+
+    Args:
+        half_life_s: the decay half-life (s).
+    """
+
+    FIRST_BUCKET = 0.01
+    RATIO = 1.05
+    MAX_VALUE = 1000.0
+    MAX_DECAY_EXPONENT = 100
+
+    def __init__(self, half_life_s: float = VPA_HALF_LIFE_S) -> None:
+        if not (math.isfinite(half_life_s) and half_life_s > 0):
+            raise ValueError(f"half_life_s: must be > 0, got {half_life_s}")
+        self.half_life_s = float(half_life_s)
+        n = math.ceil(
+            math.log(self.MAX_VALUE * (self.RATIO - 1) / self.FIRST_BUCKET + 1)
+            / math.log(self.RATIO)
+        ) + 1
+        self.weights = np.zeros(n)
+        self.reference_s: float | None = None
+
+    def bucket_start(self, bucket: int) -> float:
+        return self.FIRST_BUCKET * (self.RATIO**bucket - 1) / (self.RATIO - 1)
+
+    def find_bucket(self, value: float) -> int:
+        if value < self.FIRST_BUCKET:
+            return 0
+        bucket = math.floor(
+            math.log(value * (self.RATIO - 1) / self.FIRST_BUCKET + 1) / math.log(self.RATIO)
+        )
+        return min(max(bucket, 0), len(self.weights) - 1)
+
+    def add(self, value: float, weight: float, time_s: float) -> None:
+        """Add a sample of ``value`` cores with ``weight`` at ``time_s`` (epoch s)."""
+        if not (math.isfinite(value) and value >= 0 and weight >= 0):
+            raise ValueError(f"a CPU sample must be >= 0 with a weight >= 0: {value}, {weight}")
+        if self.reference_s is None:
+            self.reference_s = round(time_s / self.half_life_s) * self.half_life_s
+        if time_s > self.reference_s + self.half_life_s * self.MAX_DECAY_EXPONENT:
+            new_ref = round(time_s / self.half_life_s) * self.half_life_s
+            self.weights *= 2.0 ** round((self.reference_s - new_ref) / self.half_life_s)
+            self.reference_s = new_ref
+        factor = 2.0 ** ((time_s - self.reference_s) / self.half_life_s)
+        self.weights[self.find_bucket(value)] += weight * factor
+
+    def percentile(self, q: float) -> float:
+        """``Percentile``: the end of the first bucket at which the cumulative weight reaches
+        ``q`` of the total (the start of the last bucket, which has no end); 0 when empty."""
+        total = float(self.weights.sum())
+        if total <= 0:
+            return 0.0
+        cumulative = np.cumsum(self.weights)
+        nonzero = np.flatnonzero(self.weights)
+        bucket = int(np.searchsorted(cumulative, q * total, side="left"))
+        bucket = min(max(bucket, int(nonzero[0])), int(nonzero[-1]))
+        if bucket < len(self.weights) - 1:
+            return self.bucket_start(bucket + 1)
+        return self.bucket_start(bucket)
+
+
+@dataclass
+class VpaRecommendation:
+    """A container's CPU recommendation (cores): what ``RecommendedContainerResources``
+    holds."""
+
+    target: float
+    lower: float
+    upper: float
+
+
+@dataclass
+class CpuAggregate:
+    """``AggregateContainerState`` for CPU: the histogram, the first and last sample times and
+    the sample count (for the confidence)."""
+
+    histogram: CpuHistogram = field(default_factory=CpuHistogram)
+    first_s: float | None = None
+    last_s: float | None = None
+    samples: int = 0
+
+    def add(self, cores: float, request_cores: float, time_s: float, count: int = 1) -> None:
+        """``count`` samples of ``cores`` used, each weighing max(request, 0.1 core)."""
+        weight = max(request_cores, VPA_MIN_SAMPLE_WEIGHT) * count
+        self.histogram.add(cores, weight, time_s)
+        self.first_s = time_s if self.first_s is None else min(self.first_s, time_s)
+        self.last_s = time_s if self.last_s is None else max(self.last_s, time_s)
+        self.samples += count
+
+    def confidence(self) -> float:
+        """``getConfidence`` (logic/estimator.go): min(days between the first and the last
+        sample, samples / 1,440), the days of history at one sample a minute."""
+        if self.first_s is None or self.last_s is None:
+            return 0.0
+        return min((self.last_s - self.first_s) / 86400.0, self.samples / 1440.0)
+
+    def recommend(self, margin: float = VPA_MARGIN, min_cores: float = VPA_MIN_CPU_CORES):
+        """``logic/recommender.go``'s estimators: target = p90, lower = p50, upper = p95, each
+        times (1 + margin); the upper bound times (1 + 1/confidence), the lower times
+        (1 + 0.001/confidence)^-2 (``WithConfidenceMultiplier``); each at least ``min_cores``
+        (``WithMinResources``)."""
+        h = self.histogram
+        c = self.confidence()
+        up = math.inf if c <= 0 else (1.0 + 1.0 / c)
+        low = 0.0 if c <= 0 else (1.0 + 0.001 / c) ** -2.0
+        return VpaRecommendation(
+            target=max(h.percentile(0.9) * (1 + margin), min_cores),
+            lower=max(h.percentile(0.5) * (1 + margin) * low, min_cores),
+            upper=max(h.percentile(0.95) * (1 + margin) * up, min_cores),
+        )
+
+
 @dataclass
 class VpaController:
-    """A VPA-like recommender and in-place updater: fixed replicas; every ``period_s`` (60 s),
-    cores per pod = ceil(p90 of the per-pod CPU in use over the last ``window_s`` x (1 +
-    ``margin``)), within the bounds, resized in place on the actuator's declarative path."""
+    """The Kubernetes VPA (vertical-pod-autoscaler 1.4+, ``updateMode: InPlaceOrRecreate`` on
+    Kubernetes 1.33+) as a controller: the recommender and the updater, both every
+    ``period_s`` (their ``--recommender-interval`` and ``--updater-interval`` defaults, 1
+    minute). A VPA does not change replicas: they stay what the operator runs.
+
+    Recommender (pkg/recommender), one :class:`CpuAggregate` per stage (the container's
+    aggregate over all its pods): each pod's CPU from the resource metrics API (the engine's
+    metrics-server model, what the real recommender reads), added once per new sample time,
+    weighing the pod's CPU request; the recommendation is :meth:`CpuAggregate.recommend`,
+    capped to the bounds (the container policy's minAllowed/maxAllowed,
+    ``CappingPostProcessor``).
+
+    Updater (pkg/updater, ``UpdatePriorityCalculator``): a pod whose CPU request is outside
+    [lower bound, upper bound] is resized in place to the target, on the actuator's
+    declarative resize path. The target is rounded up to whole cores, as the latency profile
+    and the serving model know whole cores only.
+
+    Not modelled: the updater's other trigger (a pod older than 12 h with a >= 10 % change),
+    OOM bumps, memory, the admission controller (no new pods: replicas are fixed), the
+    recreate fallback. ``seed`` stands for the checkpoint a running recommender keeps
+    (``VerticalPodAutoscalerCheckpoint``): the days before the span.
+    """
 
     engine: Engine
     port: SimPort
@@ -357,22 +505,59 @@ class VpaController:
     name: str = "vpa"
     period_s: float = 60.0
     offset_s: float = 60.0
-    window_s: int = 900
-    percentile: float = 90.0
-    margin: float = 0.15
+    margin: float = VPA_MARGIN
+    aggregates: list[CpuAggregate] = field(default_factory=list)
+    last_sample_s: dict[str, float] = field(default_factory=dict)
+    updates: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.aggregates:
+            self.aggregates = [CpuAggregate() for _ in self.batch]
+
+    def seed(self, stage: int, times_s, cores_used, request_cores: float, pods: int) -> None:
+        """History before the span: at each time, ``pods`` samples of ``cores_used``."""
+        for t, used in zip(times_s, cores_used, strict=True):
+            self.aggregates[stage].add(float(used), request_cores, float(t), count=pods)
+
+    def recommendation(self, stage: int) -> VpaRecommendation:
+        bounds = self.config.workloads[stage].bounds
+        rec = self.aggregates[stage].recommend(self.margin)
+        lo, hi = float(bounds.min_cores), float(bounds.max_cores)
+        return VpaRecommendation(
+            *(min(max(v, lo), hi) for v in (rec.target, rec.lower, rec.upper))
+        )
 
     def tick(self, now: pd.Timestamp) -> None:
         engine = self.engine
-        t = engine.t
-        start = max(0, t - self.window_s)
         for i, b in enumerate(self.batch):
+            wl = self.config.workloads[i]
             o = _observe_stage(self.port, self.config, i, b)
-            per_pod = engine.serving.usage[i][start:t] / max(o.ready, 1)
-            wanted = float(np.percentile(per_pod, self.percentile)) * (1.0 + self.margin)
-            bounds = self.config.workloads[i].bounds
-            cores = min(max(math.ceil(wanted - 1e-9), bounds.min_cores, 1), bounds.max_cores)
-            target, _ = run_guards(
-                StageConfig(o.current.replicas, cores, b),
-                [partial(within_bounds, bounds=bounds)],
-            )
-            _write(self.port, self.config, i, target, o.pods, engine.sleep)
+            # recommender: the samples metrics-server has now
+            metrics = engine.metrics_server.pod_metrics(i, o.pods)
+            for pod in o.pods:
+                name = pod["metadata"]["name"]
+                metric = metrics.get(name)
+                if metric is None or metric.timestamp_s <= self.last_sample_s.get(name, -math.inf):
+                    continue
+                self.last_sample_s[name] = metric.timestamp_s
+                request = (P.desired_millicores(pod, wl.container) or 0) / 1000.0
+                self.aggregates[i].add(metric.millicores / 1000.0, request, metric.timestamp_s)
+            rec = self.recommendation(i)
+            # updater: pods outside the recommended range get the target, in place
+            target = min(max(math.ceil(rec.target - 1e-9), wl.bounds.min_cores, 1),
+                         wl.bounds.max_cores)
+            for pod in o.pods:
+                request = (P.desired_millicores(pod, wl.container) or 0) / 1000.0
+                if rec.lower <= request <= rec.upper:
+                    continue
+                name = pod["metadata"]["name"]
+                result = converge(
+                    lambda n=name: self.port.pod(self.config.namespace, n),
+                    lambda current, c=wl.container, k=target: P.resize_patch(current, c, k),
+                    lambda body, n=name: self.port.patch_resize(
+                        self.config.namespace, n, body, dry_run=False
+                    ),
+                    retry=RetryPolicy(attempts=4, backoff_s=0.5),
+                    sleep=engine.sleep,
+                )
+                self.updates += result.outcome == "applied"

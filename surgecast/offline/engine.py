@@ -12,9 +12,13 @@ Every simulated second the engine
   whatever runs on them (the node core-hours a cloud bills);
 * serves the second's arrivals (:class:`surgecast.offline.simulator.Serving`), routed to the
   Ready pods' own queues (``routing``; one pooled queue per stage by default);
-* keeps the CPU the served load kept busy, which the model's metrics API reports to the HPA
-  controller at its sync: utilisation = busy cores / requested cores of the ready pods,
-  averaged over the metrics window, as metrics-server reports it;
+* keeps, per pod, the CPU the served load kept busy as a cumulative counter the kubelet
+  refreshes every housekeeping interval, which a simulated metrics-server scrapes every
+  ``metric_resolution_s`` (:class:`MetricsServer`); the model's resource metrics API answers
+  the HPA controller (and the VPA recommender) from the last scrape, so the HPA acts on CPU
+  that is 10-40 s old, as it does live;
+* answers External metrics (KEDA's metrics adapter evaluating a trigger's query) from
+  callables the policy registers in :attr:`Engine.external_metrics`;
 * moves the model's clock, reconciling its controllers (Deployment, ReplicaSet, scheduler,
   kubelet, HPA) whenever one of them has something due.
 
@@ -39,6 +43,7 @@ import pandas as pd
 from planner.profiles import Pipeline
 from surgecast.offline.cluster import (
     ClusterModel,
+    PodMetric,
     _admitted,
     _allocated,
     _condition_reason,
@@ -48,9 +53,13 @@ from surgecast.offline.cluster import (
 )
 from surgecast.offline.simulator import Serving, SimulationResult
 
-METRICS_WINDOW_S = 15
-"""metrics-server's default ``--metric-resolution``: the HPA sees the CPU used over the last
-15 s, not the second it syncs in."""
+METRIC_RESOLUTION_S = 15.0
+"""metrics-server's ``--metric-resolution`` default (15 s since v0.6): how often it scrapes
+every kubelet's resource metrics endpoint."""
+HOUSEKEEPING_S = 10.0
+"""The kubelet's cAdvisor housekeeping interval (``--housekeeping-interval``, 10 s): how often
+the cumulative CPU counters the kubelet serves are refreshed, so a scrape reads a counter up to
+this old."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,132 @@ def _batch(pod: dict, stage: StageBinding) -> int:
     return stage.batch
 
 
+class MetricsServer:
+    """The resource metrics pipeline (kubelet -> metrics-server -> metrics.k8s.io), per pod.
+
+    Each pod whose containers run has a cumulative CPU counter (core-seconds, the kubelet's
+    ``container_cpu_usage_seconds_total``): a Ready pod is busy in a second for its share of
+    its stage's busy cores (its cores over the stage's ready cores: with one pooled queue every
+    ready pod is equally utilised; with per-pod queues this spreads the stage's busy cores
+    evenly, which leaves the HPA's average, the sum of usage over the sum of requests, as it
+    is, and the VPA, which pools its samples per container, sees the same mean); a pod that is not Ready serves nothing and
+    its counter stays (real servers burn CPU while loading, which is why the HPA ignores such
+    samples; see :meth:`ClusterModel._group_pods`). The kubelet refreshes the counters it
+    serves every ``housekeeping_s``, on a grid from the span's start. metrics-server scrapes
+    every ``resolution_s``, on a grid offset by ``phase_s`` (the two loops are not
+    synchronised; the default, half a resolution, is the mean offset), and reports for each pod
+    the counter's increase between its last two scrapes over the two samples' distance, with
+    the later sample's time as its timestamp (metrics-server's ``resourceUsage`` since v0.6); a
+    pod scraped once has no metric yet.
+
+    Args:
+        engine: the simulation (its model, its served usage).
+        resolution_s: metrics-server's ``--metric-resolution`` (s).
+        housekeeping_s: the kubelet's counter refresh interval (s); at most ``resolution_s``.
+        phase_s: offset of the scrape grid from the span's start (s); default half a
+            resolution.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        resolution_s: float = METRIC_RESOLUTION_S,
+        housekeeping_s: float = HOUSEKEEPING_S,
+        phase_s: float | None = None,
+    ) -> None:
+        if not (math.isfinite(resolution_s) and resolution_s >= 1):
+            raise ValueError(f"metric_resolution_s: must be >= 1 s, got {resolution_s}")
+        if not (math.isfinite(housekeeping_s) and 1 <= housekeeping_s <= resolution_s):
+            raise ValueError(
+                f"housekeeping_s: must be from 1 s to the resolution ({resolution_s:g} s), got "
+                f"{housekeeping_s}"
+            )
+        self.engine = engine
+        self.resolution_s = float(resolution_s)
+        self.housekeeping_s = float(housekeeping_s)
+        self.phase_s = self.resolution_s / 2 if phase_s is None else float(phase_s)
+        n = len(engine.capacity.stages)
+        self._busy_integral = [0.0] * n  # per stage, sum over seconds of busy / ready cores
+        # per stage: pod -> [cores busy for (0 when not Ready), integral at segment start, acc]
+        self._pods: list[dict[str, list[float]]] = [{} for _ in range(n)]
+        self._samples: dict[int, list[dict[str, float]]] = {}  # tick (s) -> per stage counters
+        self._version: object = None
+
+    def observe(self, t: int) -> None:
+        """Account second ``t``, just served; at a housekeeping tick, refresh the counters."""
+        model = self.engine.model
+        if model._rv != self._version:
+            self._version = model._rv
+            self._snapshot()
+        if t == 0:
+            self._record(0)  # the counters as the span starts
+        serving = self.engine.serving
+        for s in range(len(self._pods)):
+            cores = serving.ready_cores[s][t]
+            if cores > 0:
+                self._busy_integral[s] += serving.usage[s][t] / cores
+        end = t + 1
+        if end % self.housekeeping_s == 0:
+            self._record(end)
+
+    def _record(self, at: int) -> None:
+        """The kubelet's counters refreshed at ``at`` seconds after the span's start."""
+        self._samples[at] = [
+            {name: acc + cores * (self._busy_integral[s] - since)
+             for name, (cores, since, acc) in pods.items()}
+            for s, pods in enumerate(self._pods)
+        ]
+        horizon = at - 2 * self.resolution_s - 2 * self.housekeeping_s
+        for old in [k for k in self._samples if k < horizon]:
+            del self._samples[old]
+
+    def _snapshot(self) -> None:
+        """Close every pod's segment whose busy cores changed; pods gone are dropped."""
+        capacity = self.engine.capacity
+        for s, stage in enumerate(capacity.stages):
+            now = self._busy_integral[s]
+            old = self._pods[s]
+            new: dict[str, list[float]] = {}
+            for pod in self.engine.model.pods_of(capacity.namespace, stage.deployment):
+                if not pod["spec"].get("nodeName"):
+                    continue
+                name = pod["metadata"]["name"]
+                cores = float(max(1, round(_allocated(pod) / 1000))) if _ready(pod) else 0.0
+                seg = old.get(name)
+                if seg is None:
+                    new[name] = [cores, now, 0.0]
+                elif seg[0] != cores:
+                    new[name] = [cores, now, seg[2] + seg[0] * (now - seg[1])]
+                else:
+                    new[name] = seg
+            self._pods[s] = new
+
+    def _sample_time(self, scrape_s: float) -> int:
+        return int(math.floor(scrape_s / self.housekeeping_s) * self.housekeeping_s)
+
+    def pod_metrics(self, stage: int, pods: list[dict]) -> dict[str, PodMetric]:
+        """What metrics.k8s.io answers now for ``pods`` of ``stage``: the last scrape's."""
+        served = self.engine.t
+        k = math.floor((served - self.phase_s) / self.resolution_s)
+        if k < 1:
+            return {}
+        last = self._sample_time(self.phase_s + k * self.resolution_s)
+        before = self._sample_time(self.phase_s + (k - 1) * self.resolution_s)
+        a, b = self._samples.get(before), self._samples.get(last)
+        if a is None or b is None or last <= before:
+            return {}
+        a, b = a[stage], b[stage]
+        window = float(last - before)
+        stamp = self.engine.start_s + last
+        out = {}
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            if name in a and name in b:
+                cores = (b[name] - a[name]) / window
+                out[name] = PodMetric(round(1000 * cores), stamp, window)
+        return out
+
+
 class Engine:
     """Serve ``arrivals`` on the model, second by second, with ``controllers`` at their
     cadence.
@@ -213,6 +348,13 @@ class Engine:
         routing: how each stage's Service spreads requests over its ready pods
             (:data:`surgecast.offline.simulator.ROUTINGS`; a Kubernetes Service is
             ``round-robin``).
+        metric_resolution_s: metrics-server's scrape interval (see :class:`MetricsServer`).
+
+    Attributes:
+        metrics_server: the resource metrics pipeline the model's HPA controller reads.
+        external_metrics: External metric name -> a callable answering its value now (None:
+            no value), for HPAs on External metrics; the policy that creates such an HPA
+            registers it.
     """
 
     def __init__(
@@ -227,6 +369,7 @@ class Engine:
         controllers: Sequence[Controller] = (),
         progress: Callable[[int], None] | None = None,
         routing: str = "pooled",
+        metric_resolution_s: float = METRIC_RESOLUTION_S,
     ) -> None:
         if len(stages) != len(pipeline.stages):
             raise ValueError(
@@ -251,7 +394,10 @@ class Engine:
         self._next_tick: dict[int, float] = {}
         self._running: set[int] = set()
         self._by_deployment = {b.deployment: s for s, b in enumerate(stages)}
-        model.metrics = self._utilisation
+        self.metrics_server = MetricsServer(self, metric_resolution_s)
+        self.external_metrics: dict[str, Callable[[], float | None]] = {}
+        model.metrics = self._pod_metrics
+        model.external_metrics = self._external_metric
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -307,6 +453,7 @@ class Engine:
             self.actions += 1
         self.serving.serve(self.t, cap, cap.scheduled[0], cap.cores[0])
         self.node_cores[self.t] = cap._node_cores
+        self.metrics_server.observe(self.t)
         self.t += 1
         if self.progress is not None and self.t % 3600 == 0:
             self.progress(self.t)
@@ -353,14 +500,17 @@ class Engine:
 
     # -- metrics -------------------------------------------------------------------------------
 
-    def _utilisation(self, hpa: dict, ready_pods: list[dict]) -> float:
-        """The metrics API for the model's HPA controller: the average CPU utilisation of the
-        target's ready pods over the last :data:`METRICS_WINDOW_S` (% of their request)."""
-        target = hpa["spec"]["scaleTargetRef"]["name"]
-        s = self._by_deployment.get(target)
-        if s is None or self.t == 0:
-            return 0.0
-        lo = max(0, self.t - METRICS_WINDOW_S)
-        busy = float(np.mean(self.serving.usage[s][lo : self.t]))
-        requested = sum(_desired(p) for p in ready_pods) / 1000.0
-        return 100.0 * busy / requested if requested > 0 else 0.0
+    def _pod_metrics(self, hpa: dict, pods: list[dict]) -> dict[str, PodMetric]:
+        """The resource metrics API for the model's HPA controller: the last scrape of the
+        target's pods (:class:`MetricsServer`)."""
+        s = self._by_deployment.get(hpa["spec"]["scaleTargetRef"]["name"])
+        if s is None:
+            return {}
+        return self.metrics_server.pod_metrics(s, pods)
+
+    def _external_metric(self, hpa: dict, metric: dict) -> float | None:
+        """The external metrics API for the model's HPA controller: the registered source of
+        the metric's name, asked now (as KEDA's adapter runs the trigger's query when the HPA
+        asks); None when none is registered."""
+        source = self.external_metrics.get(metric.get("name", ""))
+        return None if source is None else source()
