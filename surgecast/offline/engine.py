@@ -210,19 +210,19 @@ class MetricsServer:
     """The resource metrics pipeline (kubelet -> metrics-server -> metrics.k8s.io), per pod.
 
     Each pod whose containers run has a cumulative CPU counter (core-seconds, the kubelet's
-    ``container_cpu_usage_seconds_total``): a Ready pod is busy in a second for its share of
-    its stage's busy cores (its cores over the stage's ready cores: with one pooled queue every
+    ``container_cpu_usage_seconds_total``): a Ready pod is busy in a second for its share of its
+    stage's busy cores (its cores over the stage's ready cores: with one pooled queue every
     ready pod is equally utilised; with per-pod queues this spreads the stage's busy cores
-    evenly, which leaves the HPA's average, the sum of usage over the sum of requests, as it
-    is, and the VPA, which pools its samples per container, sees the same mean); a pod that is not Ready serves nothing and
-    its counter stays (real servers burn CPU while loading, which is why the HPA ignores such
-    samples; see :meth:`ClusterModel._group_pods`). The kubelet refreshes the counters it
-    serves every ``housekeeping_s``, on a grid from the span's start. metrics-server scrapes
-    every ``resolution_s``, on a grid offset by ``phase_s`` (the two loops are not
-    synchronised; the default, half a resolution, is the mean offset), and reports for each pod
-    the counter's increase between its last two scrapes over the two samples' distance, with
-    the later sample's time as its timestamp (metrics-server's ``resourceUsage`` since v0.6); a
-    pod scraped once has no metric yet.
+    evenly, which leaves the HPA's average, the sum of usage over the sum of requests, as it is,
+    and the VPA, which pools its samples per container, sees the same mean); a pod that is not
+    Ready serves nothing and its counter stays (real servers burn CPU while loading, which is
+    why the HPA ignores such samples; see :meth:`ClusterModel._group_pods`). The kubelet
+    refreshes the counters it serves every ``housekeeping_s``, on a grid from the span's start.
+    metrics-server scrapes every ``resolution_s``, on a grid offset by ``phase_s`` (the two
+    loops are not synchronised; the default, half a resolution, is the mean offset), and reports
+    for each pod the counter's increase between its last two scrapes over the two samples'
+    distance, with the later sample's time as its timestamp (metrics-server's ``resourceUsage``
+    since v0.6); a pod scraped once has no metric yet.
 
     Args:
         engine: the simulation (its model, its served usage).
