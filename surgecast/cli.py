@@ -720,9 +720,10 @@ def backtest(
         float,
         typer.Option(
             parser=_float(0, 5),
-            help="Sigma of the resize time's seeded log-normal (0.5 is realistic; 0: fixed).",
+            help="Sigma of the resize time's seeded log-normal (0: every resize takes "
+            "--resize-s).",
         ),
-    ] = 0.0,
+    ] = 0.5,
     stabilisation_s: Annotated[
         int,
         typer.Option(
@@ -755,13 +756,14 @@ def backtest(
         ),
     ] = None,
     node_cores: Annotated[
-        int | None,
+        int,
         typer.Option(
-            parser=_int(1, MAX_NODE_CORES),
-            help="Allocatable cores per node (16 is realistic): a resize beyond it is "
-            "Infeasible, one without room Deferred (default: one node that never binds).",
+            parser=_int(0, MAX_NODE_CORES),
+            help="Allocatable cores per node: a resize beyond it is Infeasible, one without "
+            "room Deferred (0: one node that never binds, every resize succeeds; for "
+            "comparison).",
         ),
-    ] = None,
+    ] = 16,
     nodes: Annotated[
         int | None,
         typer.Option(
@@ -774,7 +776,7 @@ def backtest(
         typer.Option(
             parser=_int(1, MAX_NODES),
             help="Node pool ceiling; above --nodes a cluster autoscaler adds and removes nodes "
-            "(default: --nodes, a fixed pool).",
+            "(default: 64; equal to --nodes: a fixed pool).",
         ),
     ] = None,
     node_provision_s: Annotated[
@@ -812,7 +814,7 @@ def backtest(
             "Kubernetes Service), least-outstanding (a queue-aware router), or pooled (one "
             "queue per stage, perfect balancing, for comparison)."
         ),
-    ] = "pooled",
+    ] = "round-robin",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/backtest"),
     config: Annotated[
         Path | None,
@@ -838,10 +840,10 @@ def backtest(
         names = POLICIES
     else:
         names = tuple(_names(policies, "--policies", list(POLICY_NAMES)))
-    if node_cores is None:
+    if node_cores == 0:
         for flag, value in (("--nodes", nodes), ("--max-nodes", max_nodes)):
             if value is not None:
-                raise _fail(f"{flag}: only with --node-cores (nodes of a given size)")
+                raise _fail(f"{flag}: not with --node-cores 0 (one node that never binds)")
     if scenario is not None and scenario not in SCENARIOS:
         raise _fail(f"--scenario: unknown {scenario!r}; choose from {', '.join(SCENARIOS)}")
     if routing not in ROUTINGS:
@@ -874,9 +876,13 @@ def backtest(
         hpa_target_above_plan=hpa_target,
         max_replicas=max_replicas,
         max_cores=max_cores,
-        node_cores=node_cores,
+        node_cores=node_cores or None,
         nodes=nodes,
-        max_nodes=max_nodes,
+        max_nodes=(
+            None if node_cores == 0
+            else max_nodes if max_nodes is not None
+            else max(nodes or 0, BacktestSettings.max_nodes)
+        ),
         node_provision_s=float(node_provision_s),
         seed=seed,
         routing=routing,

@@ -8,7 +8,14 @@ import pytest
 
 from forecasting.errors import BadInputError
 from forecasting.evaluation import rolling_origin, select_model
-from forecasting.models import MODELS, QUANTILES, Forecast, causal_fill, make_model
+from forecasting.models import (
+    MODELS,
+    QUANTILES,
+    Forecast,
+    causal_fill,
+    conformal_quantile,
+    make_model,
+)
 
 # Synthetic 5-minute series keep the tests fast: one season (day) is 288 steps.
 STEP = pd.Timedelta(minutes=5)
@@ -199,3 +206,49 @@ def test_a_hybrid_refit_that_reuses_decompositions_gives_the_same_model(
     # Different decomposition settings never share the memo.
     other = model("hybrid", trials=6).reuse_decompositions(fitted["hybrid"])
     assert other.comp_._cache is not fitted["hybrid"].comp_._cache
+
+
+def _plain_conformal(res: np.ndarray, q: float) -> np.ndarray:
+    n = res.shape[0]
+    return np.quantile(res, min(1.0, np.ceil((n + 1) * q) / n), axis=0, method="higher")
+
+
+def test_conformal_quantile_is_the_plain_one_when_no_single_event_sets_it() -> None:
+    rng = np.random.default_rng(3)
+    res = rng.normal(0.0, 0.2, size=(144, 15))
+    for q in QUANTILES:
+        np.testing.assert_array_equal(conformal_quantile(res, q), _plain_conformal(res, q))
+
+
+def test_one_spike_in_the_calibration_day_does_not_set_the_next_days_quantiles() -> None:
+    rng = np.random.default_rng(4)
+    res = rng.normal(0.0, 0.1, size=(144, 15))
+    spiked = res.copy()
+    spiked[70:73] += 30.0  # a 30x flash crowd over three origins (half an hour)
+    q99 = conformal_quantile(spiked, 0.99)
+    assert np.all(_plain_conformal(spiked, 0.99) > 10)  # the plain q0.99 is the spike
+    assert np.all(q99 < 1.0)
+    # ... and stays close to what the day without the spike gives (a little lower: leaving an
+    # hour out also leaves out the ordinary residuals in it)
+    assert np.all(np.abs(q99 - _plain_conformal(res, 0.99)) < 0.2)
+
+
+def test_events_in_several_blocks_are_the_tail_and_stay() -> None:
+    rng = np.random.default_rng(5)
+    res = rng.normal(0.0, 0.1, size=(144, 15))
+    res[[5, 40, 75, 110, 140]] += 5.0  # five surges through the day: the trace's own tail
+    q99 = conformal_quantile(res, 0.99)
+    np.testing.assert_array_equal(q99, _plain_conformal(res, 0.99))
+    assert np.all(q99 > 4.0)
+
+
+def test_a_spike_before_a_refit_leaves_the_next_days_spread_as_without_it(
+    series: pd.Series,
+) -> None:
+    spiked = series.copy()
+    at = len(spiked) - 600  # inside the calibration day, ten hours before its end
+    spiked.iloc[at : at + 20] *= 30.0
+    plain = make_model("seasonal_naive").fit(series).forecast(series)
+    after = make_model("seasonal_naive").fit(spiked).forecast(spiked)
+    spread = lambda f: (f.quantiles[0.99] - f.quantiles[0.5]).to_numpy()  # noqa: E731
+    assert np.all(spread(after) <= 1.5 * spread(plain) + 1e-9)

@@ -160,17 +160,15 @@ class BacktestSettings:
             for the bundled ResNet18 scenario), also given to the service spec as its cold start.
         resize_s: seconds an in-place resize takes: the median of its log-normal delay.
         resize_spread: sigma of that log-normal (each resize draws its delay from the cluster
-            model's seeded generator); 0 (the default, for now): every resize takes exactly
-            ``resize_s``; 0.5 is realistic.
+            model's seeded generator); 0: every resize takes exactly ``resize_s``.
         node_cores: allocatable cores of each node (16: a common 16-vCPU instance's
             allocatable, rounded; an in-place resize beyond it is Infeasible, one without room
-            beside the node's other pods Deferred). None (the default, for now): one node
-            large enough that placement never binds, as the README's result tables were
-            measured; the realistic cluster is opt-in until the evaluation protocol
-            (docs/evaluation.md) re-measures every table on it.
+            beside the node's other pods Deferred). None: one node large enough that placement
+            never binds (every resize succeeds), for comparison only.
         nodes: nodes at the span's start; None: as many as the run's starting pods need (first
             fit, as the scheduler places them), at least 1.
-        max_nodes: the node pool's ceiling; None: ``nodes`` (a fixed pool, no autoscaler).
+        max_nodes: the node pool's ceiling (64 by default); None: ``nodes`` (a fixed pool, no
+            autoscaler).
             Above ``nodes``, a cluster autoscaler adds nodes for Pending pods and removes
             empty ones.
         node_provision_s: seconds from the autoscaler's scale-up until the new node takes pods.
@@ -197,9 +195,8 @@ class BacktestSettings:
             own queue (:data:`surgecast.offline.simulator.ROUTINGS`): ``round-robin``, what a
             Kubernetes Service gives (kube-proxy picks an endpoint at random, whatever its
             speed); ``least-outstanding`` (a queue-aware router such as Envoy's
-            LEAST_REQUEST); ``pooled`` (one queue per stage: perfect balancing), the default
-            until the README's tables are re-measured on a routed cluster
-            (docs/evaluation.md).
+            LEAST_REQUEST); ``pooled`` (one queue per stage: perfect balancing), for
+            comparison only.
     """
 
     slo_ms: float = 750.0
@@ -215,10 +212,10 @@ class BacktestSettings:
     model: str = "hybrid"
     cold_start_s: int = 30
     resize_s: int = int(DEFAULTS.resize_s)
-    resize_spread: float = 0.0
-    node_cores: int | None = None
+    resize_spread: float = 0.5
+    node_cores: int | None = 16
     nodes: int | None = None
-    max_nodes: int | None = None
+    max_nodes: int | None = 64
     node_provision_s: float = 120.0
     scale_down_unneeded_s: float = 600.0
     stabilisation_s: int = int(DEFAULTS.stabilisation_s)
@@ -232,7 +229,7 @@ class BacktestSettings:
     max_replicas: int | None = None
     max_cores: int | None = None
     seed: int = 0
-    routing: str = "pooled"
+    routing: str = "round-robin"
 
     def __post_init__(self) -> None:
         checks = (
