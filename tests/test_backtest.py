@@ -127,7 +127,9 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
     assert data["slo_ms"] == 750.0 and data["seconds_simulated"] == 6 * 3600
     assert 0 < data["lower_bound"]["core_hours"] <= data["policies"]["static-peak"]["core_hours"]
     assert len(data["bars"]) == 4 and all(b["met"] in (True, False) for b in data["bars"])
-    assert data["settings"]["routing"] == "pooled"  # routing is opt-in for now
+    # the realistic cluster is the default: nodes that bind, resize times that vary, a Service
+    assert data["settings"]["routing"] == "round-robin"
+    assert data["settings"]["node_cores"] == 16 and data["settings"]["resize_spread"] == 0.5
     for row in data["policies"].values():
         assert set(row) - {"notes"} == {
             "requests",
@@ -139,7 +141,9 @@ def test_every_policy_runs_and_reports_the_results_json_fields(result, tmp_path)
             "mean_utilisation",
             "wall_seconds",
             "core_hours_vs_lower_bound",
+            "node_core_hours",
         }
+        assert row["node_core_hours"] >= row["core_hours"]  # whole nodes held
         assert 0 <= row["violation_rate"] <= 1 and row["core_hours"] > 0
         assert row["wall_seconds"] >= 0
     page = html.read_text()
@@ -153,7 +157,10 @@ def test_the_peak_provisioned_cluster_is_the_cost_ceiling_and_meets_the_slo(resu
     # (round-robin: each pod its own queue) the peak-sized pods put 0.18 % over it; with one
     # queue for all pods (routing="pooled") under 0.1 %.
     assert s["static-peak"]["violation_rate"] < 0.005
-    for name in ("hpa", "themis", "surgecast", "perfect-forecast"):
+    # (Reactive Themis is left out: behind a Service the pods a surge overloaded keep their
+    # queues, its DP reads that backlog as load and sizes for it, and it spends more than the
+    # peak-sized cluster on this span.)
+    for name in ("hpa", "surgecast", "perfect-forecast"):
         assert s[name]["core_hours"] < s["static-peak"]["core_hours"], name
 
 
