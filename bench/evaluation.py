@@ -35,6 +35,11 @@ MATRIX_POLICIES = ("hpa-sweep", "themis", "surgecast")
 surgecast and its ablations); every other case runs every policy."""
 
 
+AZURE = {"train_days": 3.9}
+"""The Azure trace starts 5 s after 2024-05-10 00:00, a little less than 4 days before its
+validation day."""
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -57,14 +62,16 @@ def cases(heldout: Path | None) -> list[Case]:
             Case(f"twitter-validation{tag}", "validation", "twitter_1min.csv", "2024-01-05", 1.0,
                  overrides={"no_regret": gate}, policies=MATRIX_POLICIES),
             Case(f"azure-validation{tag}", "validation", "azure_llm_code_2024_10s.csv",
-                 "2024-05-14", 1.0, overrides={"no_regret": gate}, policies=MATRIX_POLICIES),
+                 "2024-05-14", 1.0, overrides={"no_regret": gate, **AZURE},
+                 policies=MATRIX_POLICIES),
             Case(f"flash-crowd-validation{tag}", "validation", "twitter_1min.csv", "2024-01-05",
                  2.0, "flash-crowd", 7, overrides={"no_regret": gate},
                  policies=MATRIX_POLICIES),
         ]
     out += [
         Case("twitter-reported", "reported", "twitter_1min.csv", "2024-01-15", 3.0),
-        Case("azure-reported", "reported", "azure_llm_code_2024_10s.csv", "2024-05-15", 2.0),
+        Case("azure-reported", "reported", "azure_llm_code_2024_10s.csv", "2024-05-15", 2.0,
+             overrides=AZURE),
     ]
     for seed in (0, 1, 2):  # two days: the second day's calibration holds the first's crowd
         out.append(Case(f"flash-crowd-{seed}", "stress", "twitter_1min.csv", "2024-01-15", 2.0,

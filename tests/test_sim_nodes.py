@@ -292,7 +292,7 @@ def test_the_starting_pool_is_what_first_fit_needs_and_bad_pool_settings_are_ref
             BacktestSettings(**kw)
 
 
-def test_a_backtest_on_real_nodes_reports_node_core_hours_and_the_default_does_not():
+def test_a_backtest_on_real_nodes_reports_node_core_hours_and_one_unbounded_node_does_not():
     index = pd.date_range("2024-01-01", periods=4 * 1440, freq="1min", tz="UTC")
     rps = pd.Series(80.0, index=index, name="rps")
     start = index[0] + pd.Timedelta(days=3)
@@ -304,6 +304,7 @@ def test_a_backtest_on_real_nodes_reports_node_core_hours_and_the_default_does_n
         # whole 16-core nodes, held for the hour at least once
         assert row["node_core_hours"] >= 16 and row["node_core_hours"] % 16 == 0
         assert row["node_core_hours"] >= row["core_hours"]
-    ideal = run_backtest(rps, RESNET18, BacktestSettings(**common), trace_name="flat",
-                         profile_name="resnet18").to_json()
+    ideal = run_backtest(rps, RESNET18, BacktestSettings(node_cores=None, max_nodes=None,
+                                                         **common),
+                         trace_name="flat", profile_name="resnet18").to_json()
     assert all("node_core_hours" not in row for row in ideal["policies"].values())
