@@ -154,7 +154,9 @@ def table(case: Case, seeds: list[int], out: Path, hours: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("validation", "reported", "stress", "matrix", "heldout"))
+    parser.add_argument("--only", action="append",
+                        choices=("validation", "reported", "stress", "matrix", "heldout"),
+                        help="run only this group (repeatable)")
     parser.add_argument("--case", action="append", help="run only this case (repeatable)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quick", action="store_true", help="6 hours per case, seed 0")
@@ -166,9 +168,11 @@ def main() -> None:
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     hours = 6.0 if args.quick else None
     chosen = [c for c in cases(args.heldout)
-              if (not args.only or c.group == args.only)
+              if (not args.only or c.group in args.only)
               and (not args.case or c.name in args.case)]
-    tasks = [(case, seed, args.out, hours) for case in chosen for seed in seeds]
+    # the longest first, so that the jobs end together
+    tasks = sorted(((case, seed, args.out, hours) for case in chosen for seed in seeds),
+                   key=lambda task: -task[0].days)
     started = time.perf_counter()
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
