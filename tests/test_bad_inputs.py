@@ -159,6 +159,13 @@ for value in [",", "", "hpa,hpa", "k8s", "hpa,", "ALL"]:
     case(f"backtest --policies {value!r}", [*BACKTEST, f"--policies={value}"], "--policies")
 for value in ["", "random", "ROUND-ROBIN", "round-robin,pooled"]:
     case(f"backtest --routing {value!r}", [*BACKTEST, f"--routing={value}"], "--routing")
+for value in ["-1", "1.5", "", "16,16", "1025"]:
+    case(f"backtest --node-cores {value!r}", [*BACKTEST, f"--node-cores={value}"],
+         "--node-cores")
+for flag in ("--nodes", "--max-nodes"):  # one node that never binds has no pool to size
+    case(f"backtest --node-cores 0 {flag}", [*BACKTEST, "--node-cores=0", f"{flag}=2"], flag)
+case("backtest --max-nodes below --nodes", [*BACKTEST, "--nodes=4", "--max-nodes=2"],
+     "--max-nodes")
 for flag in ("--replicas", "--cores", "--batch"):
     for value in ["0", "-1", "1.5", "abc", "", "1,2", "1,,1", "1e3", "9999999999", "nan"]:
         case(
