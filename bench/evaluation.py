@@ -98,6 +98,9 @@ def run_case(case: Case, seed: int, out: Path, hours: float | None) -> dict:
     # a span starts a whole number of minutes after the trace (the Azure trace starts at :05)
     start = rps.index[0] + (start - rps.index[0]).ceil("1min")
     span = pd.Timedelta(hours=hours) if hours else pd.Timedelta(days=case.days)
+    # ... and ends by the trace's end (the Azure trace stops 10 s short of its last day)
+    last = rps.index[-1] + (rps.index[-1] - rps.index[-2])
+    span = min(span, (last - start).floor("1min"))
     extra = {} if case.policies is None else {"policies": tuple(expand_policies(case.policies))}
     settings = BacktestSettings(
         start=start, end=start + span, seed=seed, rps_scale=case.scale,
@@ -111,11 +114,15 @@ def run_case(case: Case, seed: int, out: Path, hours: float | None) -> dict:
     return json.loads((folder / "results.json").read_text())
 
 
-def _task(args: tuple) -> tuple[str, int, float]:
+def _task(args: tuple) -> tuple[str, int, str]:
+    """One run; a failure is reported in one line and the other runs go on."""
     case, seed, out, hours = args
     started = time.perf_counter()
-    run_case(case, seed, out, hours)
-    return case.name, seed, time.perf_counter() - started
+    try:
+        run_case(case, seed, out, hours)
+    except Exception as exc:  # one case's failure must not lose the others
+        return case.name, seed, f"FAILED: {type(exc).__name__}: {exc}"
+    return case.name, seed, f"{time.perf_counter() - started:.0f} s"
 
 
 def table(case: Case, seeds: list[int], out: Path, hours: float | None) -> str:
@@ -188,12 +195,14 @@ def main() -> None:
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             for name, seed, took in pool.imap_unordered(_task, tasks):
-                print(f"{name} seed {seed}: {took:.0f} s", flush=True)
+                print(f"{name} seed {seed}: {took}", flush=True)
     else:
         for task in tasks:
             name, seed, took = _task(task)
-            print(f"{name} seed {seed}: {took:.0f} s", flush=True)
-    text = "".join(table(case, seeds, args.out, hours) + "\n" for case in chosen)
+            print(f"{name} seed {seed}: {took}", flush=True)
+    done = [c for c in chosen
+            if all((args.out / c.name / f"seed-{s}" / "results.json").exists() for s in seeds)]
+    text = "".join(table(case, seeds, args.out, hours) + "\n" for case in done)
     text += f"Wall time {time.perf_counter() - started:.0f} s with {args.jobs} job(s).\n"
     print(text)
     (args.out / "summary.md").write_text(text)
