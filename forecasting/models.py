@@ -246,7 +246,7 @@ class Forecaster(ABC):
 
 
 EVENT_ORIGINS = 12
-"""Consecutive calibration origins one event is taken to span (an hour at the default
+"""Consecutive calibration origins one event is taken to span (two hours at the default
 cadence of one origin every 10 minutes)."""
 
 
@@ -257,10 +257,10 @@ def conformal_quantile(residuals: np.ndarray, q: float, block: int = EVENT_ORIGI
     The finite-sample rank is ceil((n + 1) q) / n, capped at the largest residual. With one
     day of origins every 10 minutes (144), q0.99 is the largest residual, so one flash crowd
     in the calibration day would be the next day's q0.99 (and lift q0.95): every plan of that
-    day would pay for a spike that has passed. So the residuals are cut into blocks of
-    quantile above the median is also computed with every run of ``block`` consecutive origins
-    left out; where leaving one run out at least halves the spread above the median residual,
-    that run was one event setting the quantile, and the quantile without it is used.
+    day would pay for a spike that has passed. So each quantile above the median is also
+    computed with every run of ``block`` consecutive origins left out; where leaving one run
+    out at least halves the spread above the median residual, that run was one event setting
+    the quantile, and the quantile without it is used.
     Elsewhere (tails spread over the day) the quantile is the plain conformal one. The reactive
     layers, not the forecast's spread, answer spikes unlike the past.
     """
