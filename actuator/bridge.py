@@ -10,6 +10,9 @@ seconds, on a fast load signal:
   with the planner's Poisson headroom (:func:`planner.queueing.headroom_rps`): the ready pods
   get the fewest cores that do (DP 2's question, :func:`planner.dp.vertical`: replicas fixed at
   the ready count, least cores that carry λ̃ within the SLO), at most the ceiling;
+* **levelled** when the pods are of unequal sizes and do not carry the load (new pods from the
+  template among pods grown in place): a Service gives every pod an even share, so every pod
+  goes to the answer, the larger ones down in the same tick to make room on their nodes;
 * **down towards the plan's cores** only when the lower shape has carried every signal sample
   of the last ``scale_down_after_s`` seconds and no up-move happened in that time (hysteresis:
   a load that hovers at a threshold does not flap the pods);
@@ -141,12 +144,15 @@ class StageNow:
         batch: the batch size its pods run.
         ready_millicores: per ready pod, the CPU it runs with (allocated, millicores).
         cores: the cores per pod the ready pods ask for now (their spec; the largest).
+        least_cores: the fewest cores a ready pod asks for (None: ``cores``); below ``cores``
+            after a scale-out, whose new pods start at the template's size.
     """
 
     profile: LatencyProfile
     batch: int
     ready_millicores: tuple[int, ...]
     cores: int
+    least_cores: int | None = None
 
     @property
     def ready(self) -> int:
@@ -166,6 +172,9 @@ class BridgeDecision:
         need_cores: per stage, the fewest cores that carry the load (within the envelope;
             the ceiling when even that does not).
         load_rps: the signal's load; ``target_rps`` it with headroom.
+        level: per stage, every ready pod goes to exactly ``cores``, the larger ones down in the
+            same tick (pods of unequal sizes that do not carry their even shares; empty: no
+            stage levels).
     """
 
     cores: tuple[int, ...]
@@ -175,6 +184,10 @@ class BridgeDecision:
     need_cores: tuple[int, ...]
     load_rps: float
     target_rps: float
+    level: tuple[bool, ...] = ()
+
+    def levels(self, stage: int) -> bool:
+        return bool(self.level) and self.level[stage]
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,15 +195,21 @@ class BridgeDecision:
 
 
 def carries(stages: Sequence[StageNow], rps: float, slo_ms: float) -> bool:
-    """Whether the ready pods at the CPU they run with carry ``rps`` with headroom: every stage's
-    summed throughput covers λ + √λ, and the slowest pods of the stages meet the SLO."""
+    """Whether the ready pods at the CPU they run with carry ``rps`` with headroom: in every
+    stage the slowest pod carries its even share (n times its throughput covers λ + √λ), and
+    the slowest pods of the stages meet the SLO.
+
+    A Service spreads requests evenly over the ready pods (kube-proxy picks at random or in
+    turn), whatever CPU each runs with: after a scale-out the new pods, at the template's size,
+    get as many requests as the pods the bridge grew. The stage's summed throughput would call
+    that carried while the small pods' queues grow without bound."""
     need = headroom_rps(rps)
     latency = 0.0
     for s in stages:
         cores = [m / 1000 for m in s.ready_millicores if m > 0]
         if not cores:
             return need <= 0
-        if sum(float(s.profile.throughput_rps(s.batch, c)) for c in cores) < need:
+        if len(cores) * float(s.profile.throughput_rps(s.batch, min(cores))) < need:
             return False
         latency += float(s.profile.latency_ms(s.batch, min(cores)))
     return latency <= slo_ms
@@ -293,10 +312,23 @@ def decide(
     # The envelope alone: a pod below the plan's cores (a new pod from the template) rises to
     # the floor; a pod above the ceiling (the ceiling was lowered) comes down to it.
     inside = tuple(min(max(c, f), h) for c, f, h in zip(current, lo, hi, strict=True))
+    least = tuple(s.cores if s.least_cores is None else s.least_cores for s in stages)
+    level = (False,) * len(stages)
     if not carried:
-        cores = tuple(max(c, n) for c, n in zip(inside, need, strict=True))
+        # A stage of unequal pods (new ones from the template among pods grown in place) levels
+        # them at its answer: every pod gets an even share, so cores above the answer on some
+        # pods carry nothing the answer does not, and giving them back makes room on their
+        # nodes for the small pods to grow (a resize without room waits as Deferred).
+        level = tuple(
+            short is None and low < c for low, c in zip(least, current, strict=True)
+        )
+        cores = tuple(
+            n if lv else max(c, n) for c, n, lv in zip(inside, need, level, strict=True)
+        )
         load = f"{rps:.1f} rps ({target:.1f} with headroom)"
         why = f"{load} exceeds what the ready pods carry at their CPU: {_cores(cores)} cores"
+        if any(level):
+            why += " (pods of unequal sizes levelled)"
         if short:
             why += f"; {short}"
     else:
@@ -327,10 +359,22 @@ def decide(
                     f"; {_cores(lower)} cores carried the peak {peak:.1f} rps of the last "
                     f"{covered:.0f} s: down towards the plan's {_cores(lo)}"
                 )
-    ups = any(c > s for c, s in zip(cores, current, strict=True))
+    # Up also when a ready pod asks for less than its stage's answer (a new pod from the
+    # template among pods the bridge grew) and the load is not carried, or the pod is below
+    # the plan's floor.
+    ups = any(c > s for c, s in zip(cores, current, strict=True)) or any(
+        c > low and (not carried or low < f)
+        for c, low, f in zip(cores, least, lo, strict=True)
+    )
     if ups:
-        # An up-move never shrinks another stage in the same tick (except to its ceiling).
-        cores = tuple(max(c, min(s, h)) for c, s, h in zip(cores, current, hi, strict=True))
+        # An up-move never shrinks another stage in the same tick (except to its ceiling), nor
+        # a levelled stage's pods below its answer.
+        cores = tuple(
+            c if lv else max(c, min(s, h))
+            for c, s, h, lv in zip(cores, current, hi, level, strict=True)
+        )
+    else:
+        level = (False,) * len(stages)
     downs = any(c < s for c, s in zip(cores, current, strict=True))
     direction = UP if ups else DOWN if downs else HOLD
     if direction == HOLD and not carried:
@@ -338,7 +382,8 @@ def decide(
             f"{rps:.1f} rps ({target:.1f} with headroom) not carried yet; the pods already ask "
             f"for {_cores(current)} cores" + (f"; {short}" if short else "")
         )
-    return BridgeDecision(cores, direction, f"{why} [{env.source}]", carried, need, rps, target)
+    return BridgeDecision(cores, direction, f"{why} [{env.source}]", carried, need, rps, target,
+                          level)
 
 
 def held_by(lease: Mapping | None, now_s: float) -> str | None:

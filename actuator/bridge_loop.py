@@ -329,6 +329,7 @@ class BridgeController:
                 s.batch,
                 tuple(P.allocated_millicores(p, s.workload.container) or 0 for p in s.ready),
                 _asked_cores(s.ready, s.workload.container),
+                _asked_cores(s.ready, s.workload.container, least=True),
             )
             for profile, s in zip(pipeline.stages, stages, strict=True)
         ]
@@ -384,7 +385,8 @@ class BridgeController:
             record.workloads.append(wrec)
             if not dry_run:
                 self._revert_refused(svc, s, state, record, now)
-            self._resize(svc, s, cores, decision, state, record, now, dry_run)
+            self._resize(svc, s, cores, decision, state, record, now, dry_run,
+                         level=decision.levels(s.index))
         if decision.direction == UP and any(
             c.direction == "up" and c.outcome in ("applied", "dry-run") for c in record.changes
         ):
@@ -490,16 +492,22 @@ class BridgeController:
             self._write(svc, change, name, container, back, record, dry_run=False)
 
     def _resize(self, svc, stage: _Stage, cores: int, decision, state, record, now,
-                dry_run: bool) -> None:
+                dry_run: bool, *, level: bool = False) -> None:
+        """Resize the stage's ready pods towards ``cores``: the smaller ones on an up-move, the
+        larger ones on a down-move; with ``level`` every pod, the larger ones first (what they
+        give back makes room on their nodes for the smaller ones)."""
         if decision.direction == HOLD:
             return
         container = stage.workload.container
-        for pod in stage.ready:
+        pods = stage.ready
+        if level:
+            pods = sorted(pods, key=lambda p: -(P.desired_millicores(p, container) or 0))
+        for pod in pods:
             name = pod["metadata"]["name"]
             desired = P.desired_millicores(pod, container) or 0
             up = desired < cores * 1000
-            if (decision.direction == UP and not up) or (decision.direction == DOWN and (
-                    up or desired == cores * 1000)):
+            if desired == cores * 1000 or (not level and (
+                    (decision.direction == UP and not up) or (decision.direction == DOWN and up))):
                 continue
             change = Change(
                 stage.workload.deployment, "cpu", f"pods/{name}/resize", desired / 1000, cores,
@@ -581,10 +589,13 @@ class BridgeController:
             record.event = "created" if value is not None else f"failed: {errors[-1]}"
 
 
-def _asked_cores(ready: Sequence[dict], container: str) -> int:
-    """The whole cores the ready pods ask for (the largest spec: a pod asked up counts)."""
+def _asked_cores(ready: Sequence[dict], container: str, *, least: bool = False) -> int:
+    """The whole cores the ready pods ask for: the largest spec (a pod asked up counts), or
+    with ``least`` the smallest (a new pod from the template among pods grown in place)."""
     values = [P.desired_millicores(p, container) or 0 for p in ready]
-    return max(1, -(-max(values) // 1000)) if values else 1
+    if not values:
+        return 1
+    return max(1, -(-(min(values) if least else max(values)) // 1000))
 
 
 def _kind(reason: str) -> str:

@@ -88,6 +88,39 @@ def test_never_below_the_plans_cores_nor_above_the_ceiling():
     assert run([stage(1, 2)], 1.0, env((3,), (8,))).cores == (3,)
 
 
+def test_new_small_pods_among_grown_ones_get_their_even_share_of_cores():
+    # After a scale-out, 4 pods grown to 2 cores and 3 new ones at the template's 1 core. A
+    # Service sends each pod 1/7 of the load: of 160 rps with headroom (172.6) that is 24.7 rps,
+    # which the 1-core pods (26.3 rps) carry; of 175 rps (188.2) it is 26.9, which they do not,
+    # though the pods' summed throughput (4 x 48.7 + 3 x 26.3 = 273.7) covers it easily.
+    mixed = [StageNow(RESNET, 1, (2000,) * 4 + (1000,) * 3, 2, 1)]
+    assert carries(mixed, 160.0, 750)
+    assert not carries(mixed, 175.0, 750)
+    d = run(mixed, 175.0)
+    assert (d.direction, d.cores) == (UP, (2,))
+    # Carried: the small pods are left alone, and the grown ones wait to come down.
+    d = run(mixed, 160.0, now=1000, last_up=990)
+    assert d.direction == HOLD
+    # Below the plan's floor a small pod rises to it, carried or not.
+    assert run(mixed, 10.0, env((2,), (16,)), last_up=990).direction == UP
+
+
+def test_unequal_pods_that_do_not_carry_their_shares_are_levelled_at_the_answer():
+    # 4 pods grown to 4 cores, 3 new ones at 1: 175 rps needs 2 cores on every pod (see above).
+    # Levelled, the big pods give back 8 cores and the small ones take 3: room on a full node.
+    mixed = [StageNow(RESNET, 1, (4000,) * 4 + (1000,) * 3, 4, 1)]
+    d = run(mixed, 175.0)
+    assert (d.direction, d.cores, d.level) == (UP, (2,), (True,))
+    assert d.levels(0) and "levelled" in d.reason
+    # Carried, nothing is levelled; equal pods are never levelled.
+    assert not run(mixed, 100.0, last_up=990).levels(0)
+    d = run([stage(4, 7)], 300.0, last_up=990)
+    assert (d.direction, d.level) == (HOLD, (False,))
+    # Nothing inside the envelope carries the load: every pod to the ceiling, none down.
+    d = run(mixed, 2000.0, env((1,), (8,)))
+    assert (d.direction, d.cores, d.levels(0)) == (UP, (8,), False)
+
+
 def test_no_ready_pods_means_nothing_to_resize():
     d = run([StageNow(RESNET, 1, (), 2)], 100.0)
     assert d.direction == HOLD and "no ready pods" in d.reason

@@ -230,6 +230,32 @@ def test_it_stays_inside_the_envelope_and_comes_down_to_the_plans_cores(world, s
     assert w.desired() == [2000, 2000]
 
 
+def test_new_pods_among_grown_ones_are_levelled_the_large_ones_first(world, step_load):
+    # One 10-core node. In the surge (150 rps) the bridge grows the 2 pods to 4 cores; then the
+    # Deployment gets 2 more from its 1-core template, and the node is full. A Service sends
+    # each pod a quarter of the load, more than a 1-core pod serves, and there is no room for
+    # the small pods to grow alone: 4 pods of 2 cores carry it, and fit.
+    from kubernetes import client as k8s
+
+    w = world(node_m=10_000, max_cores=8, start_s=-30)
+    w.plan(1)
+    bridge = w.controller()
+    w.ticks(bridge, 60)
+    assert w.desired() == [4000, 4000]
+    k8s.AppsV1Api(w.h.admin).patch_namespaced_deployment_scale(
+        DEP, "inference", {"spec": {"replicas": 4}}
+    )
+    results = w.ticks(bridge, 60)
+    level = next(r for r in results if r.decision is not None and r.decision.levels(0))
+    assert level.decision.direction == "up" and level.decision.cores == (2,)
+    assert "levelled" in level.decision.reason
+    applied = [c for c in level.record.changes if c.outcome == "applied"]
+    assert [c.direction for c in applied] == ["down", "down", "up", "up"]
+    assert sorted(w.desired()) == [2000] * 4
+    assert sorted(w.h.state(DEP)["ready_millicores"]) == [2000] * 4
+    assert pd.Timestamp(results[-1].record.run_at) < w.surge + pd.Timedelta(seconds=SURGE_S)
+
+
 def test_two_controllers_only_the_lease_holder_writes(world, step_load):
     w = world(start_s=-20)
     w.plan(1)
