@@ -328,8 +328,7 @@ class BridgeController:
                 profile,
                 s.batch,
                 tuple(P.allocated_millicores(p, s.workload.container) or 0 for p in s.ready),
-                _asked_cores(s.ready, s.workload.container),
-                _asked_cores(s.ready, s.workload.container, least=True),
+                *_asked_cores(s.ready, s.workload.container),
             )
             for profile, s in zip(pipeline.stages, stages, strict=True)
         ]
@@ -589,13 +588,11 @@ class BridgeController:
             record.event = "created" if value is not None else f"failed: {errors[-1]}"
 
 
-def _asked_cores(ready: Sequence[dict], container: str, *, least: bool = False) -> int:
-    """The whole cores the ready pods ask for: the largest spec (a pod asked up counts), or
-    with ``least`` the smallest (a new pod from the template among pods grown in place)."""
-    values = [P.desired_millicores(p, container) or 0 for p in ready]
-    if not values:
-        return 1
-    return max(1, -(-(min(values) if least else max(values)) // 1000))
+def _asked_cores(ready: Sequence[dict], container: str) -> tuple[int, int]:
+    """The whole cores the ready pods ask for: the largest spec (a pod asked up counts) and the
+    smallest (a new pod from the template among pods grown in place)."""
+    values = [P.desired_millicores(p, container) or 0 for p in ready] or [0]
+    return max(1, -(-max(values) // 1000)), max(1, -(-min(values) // 1000))
 
 
 def _kind(reason: str) -> str:
