@@ -40,7 +40,7 @@ from forecasting.evaluation import quantile_column, rolling_origin  # noqa: E402
 from forecasting.metrics import seasonal_naive_scale  # noqa: E402
 from surgecast.offline.sources import bundled_trace, load_rps_csv  # noqa: E402
 
-OURS = ("naive", "seasonal_naive", "ets", "lgbm_lags", "hybrid")
+OURS = ("naive", "seasonal_naive", "ets", "lgbm_lags", "hybrid", "adaptive")
 DEFAULT = "hybrid"
 """The forecaster surgecast runs unless a service names another (``forecast.model``)."""
 PEERS = ("AutoETS", "AutoTheta", "MSTL", "mlf-lgbm")
@@ -152,6 +152,28 @@ def run_ours(rps: pd.Series, origins, horizon: int, every: int, seed: int,
     return out
 
 
+def save_peers(path: Path, origins: pd.DatetimeIndex, peers: list[Scores]) -> None:
+    """The peers' forecasts as plain arrays (no pickle), so that surgecast's models can be
+    scored again on the same origins without running the peers again."""
+    arrays = {"origins": origins.asi8}
+    for s in peers:
+        arrays[f"{s.name}|point"] = s.point
+        arrays[f"{s.name}|q95"] = s.q95
+        arrays[f"{s.name}|fit_s"] = np.array([s.fit_s])
+    np.savez(path, **arrays)
+
+
+def load_peers(path: Path, origins: pd.DatetimeIndex) -> list[Scores] | None:
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if not np.array_equal(data["origins"], origins.asi8):
+            return None
+        return [Scores(name, data[f"{name}|point"], data[f"{name}|q95"],
+                       float(data[f"{name}|fit_s"][0]))
+                for name in PEERS if f"{name}|point" in data]
+
+
 def block_interval(errors: np.ndarray, reference: np.ndarray, block: int,
                    seed: int) -> tuple[float, float]:
     """95 % moving-block bootstrap interval of sum(errors) / sum(reference) - 1, resampling
@@ -172,7 +194,7 @@ def block_interval(errors: np.ndarray, reference: np.ndarray, block: int,
 def evaluate(path: Path, horizon: int, args) -> dict:
     rps = load_rps_csv(path, step="1min")
     step = pd.Timedelta(minutes=1)
-    test_end = rps.index[-1] - step * horizon
+    test_end = rps.index[-1] - step * horizon - pd.Timedelta(days=args.before_days)
     test_start = test_end - pd.Timedelta(days=args.test_days) + step
     origins = rps.loc[test_start:test_end].index[:: args.every]
     train = args.train_days * DAY
@@ -182,9 +204,15 @@ def evaluate(path: Path, horizon: int, args) -> dict:
     scores = run_ours(rps.loc[: origins[-1] + step * horizon], origins, horizon, args.every,
                       args.seed, tuple(args.models))
     if not args.no_peers:
-        df = peers_frame(rps.loc[origins[0] - step * train : origins[-1] + step * horizon])
-        scores += run_statsforecast(df, origins, horizon, args.every, train)
-        scores += [run_mlforecast(df, origins, horizon, args.every, train, args.seed)]
+        cache = args.out / (f"peers_{path.stem}_h{horizon}_every{args.every}_"
+                            f"{origins[0]:%Y%m%dT%H%M}_{len(origins)}_train{args.train_days}.npz")
+        peers = load_peers(cache, origins)
+        if peers is None:
+            df = peers_frame(rps.loc[origins[0] - step * train : origins[-1] + step * horizon])
+            peers = run_statsforecast(df, origins, horizon, args.every, train)
+            peers += [run_mlforecast(df, origins, horizon, args.every, train, args.seed)]
+            save_peers(cache, origins, peers)
+        scores += peers
     ok = ~np.isnan(actual)
     rows = {}
     per_origin = {}
@@ -239,9 +267,12 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, action="append",
                         help="steps of 1 minute (repeatable; default: 15 and 60)")
     parser.add_argument("--test-days", type=float, default=1.0)
-    parser.add_argument("--train-days", type=int, default=7,
+    parser.add_argument("--before-days", type=float, default=0.0,
+                        help="end the test span this many days before the trace's end (a "
+                        "validation span for design choices)")
+    parser.add_argument("--train-days", type=int, default=3,
                         help="days of history the peers are fitted on")
-    parser.add_argument("--every", type=int, default=5, help="minutes between origins")
+    parser.add_argument("--every", type=int, default=15, help="minutes between origins")
     parser.add_argument("--models", nargs="+", default=list(OURS), choices=OURS)
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--seed", type=int, default=0)

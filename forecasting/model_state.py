@@ -38,8 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from forecasting.errors import first_problem
 from forecasting.models import (
+    ADAPTIVE_MEMBERS,
     LAGS,
     MODELS,
+    Adaptive,
     CeemdanHybrid,
     ExponentialSmoothing,
     Forecaster,
@@ -49,18 +51,25 @@ from forecasting.models import (
     steps_per_day,
 )
 
-STATE_VERSION = 1
-"""Version of the state layout below; a state of another version is refused."""
+STATE_VERSION = 2
+"""Version of the state layout below; a state of another version is refused (the forecast
+stage then refits). Version 2: LightGBM features relative to the local level, the adaptive
+model."""
 
 STATE_FILE = "state"
 """How messages name the JSON document (stored by the caller, e.g. inside its metadata)."""
 
 RESIDUALS_FILE = "residuals.npy"
+PRIOR_FILE = "prior.npy"
 
 FILE_NAME = re.compile(r"^[a-z][a-z0-9]{0,31}\.(npy|txt)$")
 """Names a state file may have: one short word and an extension; no separator, no traversal."""
 
-_BOOSTERS: dict[str, tuple[str, ...]] = {"lgbm_lags": ("model",), "hybrid": ("raw", "comp")}
+_BOOSTERS: dict[str, tuple[str, ...]] = {
+    "lgbm_lags": ("model",),
+    "hybrid": ("raw", "comp"),
+    "adaptive": ("model",),
+}
 """The LightGBM learners each model holds (file ``<name>.txt`` each)."""
 
 MAX_ORIGINS = 1_000_000
@@ -79,11 +88,15 @@ class ModelState:
         doc: the JSON document (:class:`StateDoc` as a dict).
         boosters: LightGBM model text per learner name (``model``; ``raw`` and ``comp``).
         residuals: scaled conformal residuals, float64, shape (origins, horizon).
+        prior: the adaptive model's held-out member errors, float64, shape (steps, 1 + members):
+            the target's age in steps before the end of the fit, then each member's scaled
+            absolute error (``adaptive`` only).
     """
 
     doc: dict[str, Any]
     boosters: dict[str, str]
     residuals: np.ndarray
+    prior: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,11 +130,15 @@ class StateDoc(_Strict):
         ets: fitted Holt parameters (``ets`` with no fit error only).
         weight: the hybrid's combiner weight on the component learner, in [0, 1] (``hybrid``
             with no fit error only).
-        boosters: learner names with a ``<name>.txt`` LightGBM model (``lgbm_lags``: ``model``;
-            ``hybrid``: ``raw`` and ``comp``; none when the fit failed).
+        boosters: learner names with a ``<name>.txt`` LightGBM model (``lgbm_lags``, and the
+            ``adaptive`` model's LightGBM member: ``model``; ``hybrid``: ``raw`` and ``comp``;
+            none when the fit failed).
+        prior_shape: (steps, 1 + members) of ``prior.npy`` (``adaptive`` with no fit error only).
+        fit_end_ns: time of the last point the adaptive model's members were fitted on (ns since
+            the epoch); its forecasts score the members only at origins after it.
     """
 
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     model: str
     params: dict[str, int | float]
     step_ns: int = Field(gt=0, le=7 * 86400 * 10**9)
@@ -131,6 +148,8 @@ class StateDoc(_Strict):
     ets: EtsParams | None = None
     weight: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
     boosters: list[str] = Field(default_factory=list, max_length=4)
+    prior_shape: list[int] | None = Field(default=None, min_length=2, max_length=2)
+    fit_end_ns: int | None = Field(default=None, ge=0, lt=2**63)
 
     @field_validator("model")
     @classmethod
@@ -179,8 +198,8 @@ def _expected_features(learner: _DirectLightGBM) -> int:
     if isinstance(learner, _ComponentLightGBM):
         # h, 3 calendar columns, the last value, then (end, std, trend forecast) per component
         return 5 + 3 * (learner.n_imfs + 1)
-    # last, std, range, one difference per lag, h, two seasonal columns, 3 calendar columns
-    return 3 + len(LAGS) + 3 + 3
+    # last, std, range, one difference per lag, h, the day-before change, 3 calendar columns
+    return 3 + len(LAGS) + 2 + 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +207,8 @@ def _expected_features(learner: _DirectLightGBM) -> int:
 
 
 def _learners(model: Forecaster) -> dict[str, _DirectLightGBM]:
+    if isinstance(model, Adaptive):
+        return {"model": model._members()["lgbm_lags"]}
     if isinstance(model, CeemdanHybrid):
         return {"raw": model.raw_, "comp": model.comp_}
     if isinstance(model, LightGBMLags):
@@ -216,18 +237,26 @@ def dump_state(model: Forecaster) -> ModelState:
         "residuals_shape": list(residuals.shape),
     }
     boosters: dict[str, str] = {}
+    prior = None
     if model.fit_error_ is None:
         # a model whose fit failed answers with the seasonal naive: nothing else is used
         if isinstance(model, ExponentialSmoothing):
             doc["ets"] = dict(model.params_)
         if isinstance(model, CeemdanHybrid):
             doc["weight"] = float(model.weights_)
+        if isinstance(model, Adaptive):
+            doc["ets"] = dict(model._members()["ets"].params_)
+            step_ns = int(model.step_.value)
+            ages = (model.fit_end_ - model.prior_times_) / step_ns
+            prior = np.column_stack([ages, model.prior_errors_]).astype(np.float64)
+            doc["prior_shape"] = list(prior.shape)
+            doc["fit_end_ns"] = int(model.fit_end_)
         for name, learner in _learners(model).items():
             boosters[name] = learner.model_.model_to_string()
         doc["boosters"] = sorted(boosters)
     # the document must pass its own schema (catches a model whose fields drifted)
     _parse_doc(doc)
-    return ModelState(doc=doc, boosters=boosters, residuals=residuals)
+    return ModelState(doc=doc, boosters=boosters, residuals=residuals, prior=prior)
 
 
 def _parse_doc(doc: Any) -> StateDoc:
@@ -267,14 +296,25 @@ def load_state(state: ModelState) -> Forecaster:
             f"{'' if doc.fit_error is None else ' that failed to fit'}, "
             f"got {sorted(doc.boosters)} (files: {sorted(state.boosters)})"
         )
+    adaptive = isinstance(model, Adaptive)
     if doc.fit_error is not None:
+        if doc.prior_shape is not None or state.prior is not None:
+            raise ModelStateError(f"{PRIOR_FILE}: a model that failed to fit has none")
         return model
-    if isinstance(model, ExponentialSmoothing):
+    if isinstance(model, ExponentialSmoothing) or adaptive:
         if doc.ets is None:
-            raise ModelStateError(f"{STATE_FILE}: ets: required for a fitted ets model")
-        model.params_ = doc.ets.model_dump()
+            raise ModelStateError(f"{STATE_FILE}: ets: required for a fitted {doc.model} model")
+        params = doc.ets.model_dump()
+        if adaptive:
+            model._members()["ets"].params_ = params
+        else:
+            model.params_ = params
     elif doc.ets is not None:
-        raise ModelStateError(f"{STATE_FILE}: ets: only an ets model has it")
+        raise ModelStateError(f"{STATE_FILE}: ets: only an ets or adaptive model has it")
+    if adaptive:
+        _load_prior(model, state.prior, doc)
+    elif doc.prior_shape is not None or state.prior is not None or doc.fit_end_ns is not None:
+        raise ModelStateError(f"{PRIOR_FILE}: only an adaptive model has a prior")
     if isinstance(model, CeemdanHybrid):
         if doc.weight is None:
             raise ModelStateError(f"{STATE_FILE}: weight: required for a fitted hybrid")
@@ -285,6 +325,29 @@ def load_state(state: ModelState) -> Forecaster:
     for name, learner in _learners(model).items():
         learner.model_ = _booster(name, state.boosters[name], learner)
     return model
+
+
+def _load_prior(model: Adaptive, prior: Any, doc: StateDoc) -> None:
+    where = PRIOR_FILE
+    if not isinstance(prior, np.ndarray) or prior.dtype != np.float64:
+        dtype = getattr(prior, "dtype", type(prior).__name__)
+        raise ModelStateError(f"{where}: must be a float64 array, got {dtype}")
+    columns = 1 + len(ADAPTIVE_MEMBERS)
+    if prior.ndim != 2 or prior.shape[1] != columns or not prior.shape[0] <= MAX_ORIGINS:
+        raise ModelStateError(f"{where}: must be (steps, {columns}), got shape {prior.shape}")
+    if doc.prior_shape is None or prior.shape != tuple(doc.prior_shape):
+        raise ModelStateError(
+            f"{where}: shape {prior.shape} does not match prior_shape {doc.prior_shape}"
+        )
+    if not np.all(np.isfinite(prior)) or np.any(prior < 0):
+        raise ModelStateError(f"{where}: ages and errors must be finite and >= 0")
+    if np.any(prior[:, 0] > 10 * model.lookback + model.prior_steps):
+        raise ModelStateError(f"{where}: an age beyond the model's lookback")
+    if doc.fit_end_ns is None:
+        raise ModelStateError(f"{STATE_FILE}: fit_end_ns: required for a fitted adaptive model")
+    model.fit_end_ = doc.fit_end_ns
+    model.prior_times_ = doc.fit_end_ns - np.round(prior[:, 0] * doc.step_ns).astype(np.int64)
+    model.prior_errors_ = np.ascontiguousarray(prior[:, 1:])
 
 
 def _check_residuals(residuals: Any, doc: StateDoc, horizon: int) -> np.ndarray:
@@ -344,6 +407,10 @@ def state_files(state: ModelState) -> dict[str, bytes]:
     buf = io.BytesIO()
     np.save(buf, state.residuals, allow_pickle=False)
     files = {RESIDUALS_FILE: buf.getvalue()}
+    if state.prior is not None:
+        buf = io.BytesIO()
+        np.save(buf, state.prior, allow_pickle=False)
+        files[PRIOR_FILE] = buf.getvalue()
     for name, text in state.boosters.items():
         files[f"{name}.txt"] = text.encode("utf-8")
     return files
@@ -361,13 +428,8 @@ def state_from_files(doc: Any, files: dict[str, bytes]) -> ModelState:
             raise ModelStateError(f"{name!r}: not a state file name")
     if RESIDUALS_FILE not in files:
         raise ModelStateError(f"{RESIDUALS_FILE}: missing")
-    try:
-        # allow_pickle=False: an object array (the only npy content that unpickles) is refused
-        residuals = np.load(io.BytesIO(files[RESIDUALS_FILE]), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelStateError(f"{RESIDUALS_FILE}: not a plain npy array ({exc})") from None
-    if not isinstance(residuals, np.ndarray):
-        raise ModelStateError(f"{RESIDUALS_FILE}: not a single npy array")
+    residuals = _npy(RESIDUALS_FILE, files[RESIDUALS_FILE])
+    prior = _npy(PRIOR_FILE, files[PRIOR_FILE]) if PRIOR_FILE in files else None
     boosters = {}
     for name, data in files.items():
         if name.endswith(".txt"):
@@ -375,9 +437,20 @@ def state_from_files(doc: Any, files: dict[str, bytes]) -> ModelState:
                 boosters[name[:-4]] = data.decode("utf-8")
             except UnicodeDecodeError:
                 raise ModelStateError(f"{name}: not UTF-8 text") from None
-        elif name != RESIDUALS_FILE:
+        elif name not in (RESIDUALS_FILE, PRIOR_FILE):
             raise ModelStateError(f"{name}: not part of a model state")
-    return ModelState(doc=doc, boosters=boosters, residuals=residuals)
+    return ModelState(doc=doc, boosters=boosters, residuals=residuals, prior=prior)
+
+
+def _npy(name: str, data: bytes) -> np.ndarray:
+    try:
+        # allow_pickle=False: an object array (the only npy content that unpickles) is refused
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ModelStateError(f"{name}: not a plain npy array ({exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise ModelStateError(f"{name}: not a single npy array")
+    return array
 
 
 # --------------------------------------------------------------------------------------------

@@ -426,16 +426,33 @@ def _calendar(origin: pd.Timestamp, step: pd.Timedelta, horizon: int) -> np.ndar
 
 
 def _raw_features(values: np.ndarray, origin: int, season: int, horizon: int) -> np.ndarray:
-    """Features at one origin for every step h (rows h = 1..H), relative to the last value."""
+    """Features at one origin for every step h (rows h = 1..H), free of the load's scale.
+
+    Every feature is a change divided by the local level (the mean of the last hour), so a
+    level shift (a client moving over, a traffic doubling) leaves them where the model has
+    seen them. The day-before feature is yesterday's own movement: how the load moved from
+    the origin's time of day to the target's, relative to yesterday's level at the origin. A
+    surge yesterday is thus read as "the load rose at this time yesterday", never as "the load
+    will be at yesterday's level": after event days, a quiet day is not forecast to replay the
+    event. (A ratio of today's level to yesterday's was tried and dropped: it was worse on
+    every validation span, and after a level shift it sits outside anything seen for a day.)
+    """
     last = values[origin]
-    lag_diffs = [last - values[origin - lag] for lag in LAGS]
+    level = _level(values[: origin + 1])
+    lag_diffs = [(last - values[origin - lag]) / level for lag in LAGS]
     recent = values[origin - 14 : origin + 1]
-    base = [last, float(np.std(recent)), float(np.max(recent)) - last, *lag_diffs]
+    base = [
+        last,
+        float(np.std(recent)) / level,
+        (float(np.max(recent)) - last) / level,
+        *lag_diffs,
+    ]
     h = np.arange(1, horizon + 1)
-    seasonal_target = values[origin + h - season] - last
-    seasonal_origin = np.full(horizon, values[origin - season] - last)
+    yesterday = values[origin - season]
+    before = _level(values[: origin - season + 1])
+    seasonal_target = (values[origin + h - season] - yesterday) / before
     return np.column_stack(
-        [np.tile(base, (horizon, 1)), h, seasonal_target, seasonal_origin]
+        [np.tile(base, (horizon, 1)), h, seasonal_target]
     ).astype(np.float64)
 
 
@@ -462,10 +479,12 @@ class _DirectLightGBM(Forecaster):
     def _fit(self, values, index) -> None:
         import lightgbm as lgb
 
-        xs, ys = [], []
+        xs, ys, ws = [], [], []
         for origin in self._training_origins(values.size):
             xs.append(self._origin_features(values, index, origin))
-            ys.append(values[origin + 1 : origin + 1 + self.horizon] - values[origin])
+            scale = self._scale(values[: origin + 1])
+            ys.append((values[origin + 1 : origin + 1 + self.horizon] - values[origin]) / scale)
+            ws.append(np.full(self.horizon, scale))
         if not xs:
             raise ValueError("no training samples")
         params = {
@@ -485,20 +504,34 @@ class _DirectLightGBM(Forecaster):
             "num_threads": 1,
             "verbose": -1,
         }
-        data = lgb.Dataset(np.vstack(xs), np.concatenate(ys), params={"verbose": -1})
+        # Weighted by the scale, the absolute error in scaled units is the error in rps.
+        data = lgb.Dataset(
+            np.vstack(xs), np.concatenate(ys), weight=np.concatenate(ws), params={"verbose": -1}
+        )
         self.model_ = lgb.train(params, data, num_boost_round=self.n_estimators)
 
     def _predict(self, values, index) -> np.ndarray:
         x = self._origin_features(values, index, values.size - 1)
-        return values[-1] + self.model_.predict(x)
+        return values[-1] + self._scale(values) * self.model_.predict(x)
+
+    def _scale(self, past: np.ndarray) -> float:
+        """What the target (the change from the last value) is divided by when learnt."""
+        return 1.0
 
 
 @dataclass
 class LightGBMLags(_DirectLightGBM):
-    """LightGBM on raw lags and calendar features, without decomposition (a baseline)."""
+    """LightGBM on lags and calendar features, without decomposition (a baseline).
+
+    It learns the change over the horizon relative to the local level, from features that are
+    relative too (:func:`_raw_features`), so what it learnt at one load level holds at another.
+    """
 
     def __post_init__(self) -> None:
         self.name = "lgbm_lags"
+
+    def _scale(self, past: np.ndarray) -> float:
+        return _level(past)
 
 
 @dataclass
@@ -669,12 +702,204 @@ def _mean_period(comp: np.ndarray) -> float:
     return math.inf if crossings < 2 else 2.0 * comp.size / crossings
 
 
+ADAPTIVE_MEMBERS: tuple[str, ...] = ("naive", "seasonal_naive", "ets", "lgbm_lags")
+"""The models :class:`Adaptive` weighs, in this order (the columns of its error record)."""
+
+
+@dataclass
+class Adaptive(Forecaster):
+    """Weighs naive, seasonal naive, ETS and LightGBM by their recent out-of-sample errors.
+
+    At every forecast, each member's forecasts made at earlier origins (one every
+    ``score_every`` steps over the last ``lookback`` steps, all after the members' fit, so out
+    of sample) are scored against what has been observed since: the absolute error of every
+    realised step, divided by the load level at its origin, averaged with weights that halve
+    every ``half_life`` steps of the target's age. The combination weighs each member by the
+    inverse square of that score; a member scoring worse than ``cutoff`` times the best gets
+    no weight (in the spirit of inverse-MSE forecast combination, Bates and Granger 1969,
+    made local in time). A member misled by yesterday (an event day's seasonal lag, a level
+    shift) loses its weight as soon as a few of its forecasts have been scored, within the
+    hour.
+
+    Right after a fit no live origin is scored yet, so ``fit`` trains the members on all but
+    the last ``prior_steps`` of the history, records their errors on that held-out span (the
+    prior, ageing like any other score) and trains them again on everything.
+
+    Only points up to the cutoff are read: a score uses a target only once it is observed.
+    """
+
+    half_life: int = 720
+    shock_half_life: int = 15
+    shock: float = 2.5
+    lookback: int = 720
+    score_every: int = 5
+    prior_steps: int = 720
+    cutoff: float = 1.05
+    train_days: float = 7.0
+    train_every: int = 5
+
+    def __post_init__(self) -> None:
+        self.name = "adaptive"
+        self.members_: dict[str, Forecaster] = {
+            "naive": Naive(horizon=self.horizon, seed=self.seed),
+            "seasonal_naive": SeasonalNaive(horizon=self.horizon, seed=self.seed),
+            "ets": ExponentialSmoothing(horizon=self.horizon, seed=self.seed),
+            "lgbm_lags": LightGBMLags(
+                horizon=self.horizon,
+                seed=self.seed,
+                train_days=self.train_days,
+                train_every=self.train_every,
+            ),
+        }
+        self.fit_end_: int | None = None  # ns of the last point the members were trained on
+        self.prior_times_: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.prior_errors_: np.ndarray = np.zeros((0, len(ADAPTIVE_MEMBERS)))
+        self._memo: dict = {}
+
+    def _members(self) -> dict[str, Forecaster]:
+        for member in self.members_.values():
+            member.step_ = self.step_
+            member.season_ = self.season_
+        return self.members_
+
+    @property
+    def _member_context(self) -> int:
+        return max(m.context_steps for m in self._members().values())
+
+    @property
+    def context_steps(self) -> int:
+        return self._member_context + self.lookback + 1
+
+    @property
+    def min_history_steps(self) -> int:
+        return super().min_history_steps + self.prior_steps
+
+    def _fit_members(self, values, index) -> None:
+        for member in self._members().values():
+            member._fit(values, index)
+        self.fit_end_ = int(index[-1].value)
+
+    def _fit(self, values, index) -> None:
+        split = values.size - self.prior_steps
+        self._fit_members(values[:split], index[:split])
+        times, errors = [], []
+        ctx = self._member_context
+        for origin in range(split, values.size - 1, self.score_every):
+            preds = self._member_predictions(values, index, origin, ctx)
+            t, e = self._realised(values, index, origin, values.size - 1, preds)
+            times.append(t)
+            errors.append(e)
+        self.prior_times_ = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
+        self.prior_errors_ = (
+            np.vstack(errors) if errors else np.zeros((0, len(ADAPTIVE_MEMBERS)))
+        )
+        self._memo = {}
+        self._fit_members(values, index)
+
+    def _member_predictions(self, values, index, origin: int, ctx: int) -> np.ndarray:
+        """Every member's forecast at ``origin`` (members x horizon), memoised by the origin's
+        time and the values the members read."""
+        window = values[origin + 1 - ctx : origin + 1]
+        key = (int(index[origin].value), self.fit_end_, hash(window.tobytes()))
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        span = index[origin + 1 - ctx : origin + 1]
+        rows = []
+        for member in self._members().values():
+            m = member.context_steps
+            rows.append(np.asarray(member._predict(window[-m:], span[-m:]), dtype=np.float64))
+        preds = np.vstack(rows)
+        if len(self._memo) > 50_000:
+            self._memo.clear()
+        self._memo[key] = preds
+        return preds
+
+    def _realised(self, values, index, origin: int, end: int, preds: np.ndarray):
+        """Target times and scaled absolute errors (steps x members) of the forecasts made
+        at ``origin`` whose targets are observed by ``end``."""
+        steps = min(self.horizon, end - origin)
+        actual = values[origin + 1 : origin + 1 + steps]
+        level = _level(values[: origin + 1])
+        errors = np.abs(preds[:, :steps] - actual).T / level
+        times = index[origin + 1 : origin + 1 + steps].as_unit("ns").asi8
+        return times, errors
+
+    def weights(self, values: np.ndarray, index: pd.DatetimeIndex) -> np.ndarray:
+        """The members' weights for a forecast made after ``index[-1]`` (sums to 1)."""
+        ctx = self._member_context
+        end = values.size - 1
+        step_ns = int(self.step_.value)
+        times, errors = [], []
+        first = max(ctx - 1, end - self.lookback)
+        for origin in range(first, end):
+            stamp = int(index[origin].value)
+            if stamp <= self.fit_end_ or (stamp // step_ns) % self.score_every:
+                continue
+            preds = self._member_predictions(values, index, origin, ctx)
+            t, e = self._realised(values, index, origin, end, preds)
+            times.append(t)
+            errors.append(e)
+        horizon_start = int(index[end].value) - self.lookback * step_ns
+        old = self.prior_times_ >= horizon_start
+        times.append(self.prior_times_[old])
+        errors.append(self.prior_errors_[old])
+        times = np.concatenate(times)
+        errors = np.vstack(errors)
+        if times.size == 0:
+            return np.full(len(self.members_), 1.0 / len(self.members_))
+        age = (int(index[end].value) - times) / step_ns
+        # Each step's errors relative to the members' mean error at that step: a minute in
+        # which every member missed (a flash crowd) does not decide the weights for a day.
+        errors = errors / np.maximum(errors.mean(axis=1, keepdims=True), 1e-9)
+        long, short = (
+            (d @ errors) / d.sum()
+            for d in (0.5 ** (age / self.half_life), 0.5 ** (age / self.shock_half_life))
+        )
+        # A member whose last minutes went badly wrong (shock x the best member's recent error)
+        # is set aside at once, however good its long record: it is misled by now.
+        shocked = short > self.shock * max(float(np.min(short)), 1e-12)
+        return _inverse_square_weights(np.where(shocked, np.inf, long), self.cutoff)
+
+    def member_weights(self, history: pd.Series, cutoff: pd.Timestamp) -> dict[str, float]:
+        """The weight of each member in the forecast made at ``cutoff`` (reads nothing later)."""
+        if self.step_ is None or self.fit_end_ is None:
+            raise RuntimeError(f"{self.name}: call fit() before member_weights()")
+        recent = history.loc[:cutoff].iloc[-self.context_steps :]
+        if len(recent) < self.context_steps:
+            raise BadInputError(
+                f"{history.name or 'rps'}: {self.name} needs {self.context_steps} points up "
+                f"to the cutoff, have {len(recent)}"
+            )
+        values = causal_fill(recent.to_numpy(dtype=np.float64))
+        w = self.weights(values, recent.index)
+        return {name: float(x) for name, x in zip(ADAPTIVE_MEMBERS, w, strict=True)}
+
+    def _predict(self, values, index) -> np.ndarray:
+        w = self.weights(values, index)
+        preds = self._member_predictions(values, index, values.size - 1, self._member_context)
+        return w @ preds
+
+
+def _inverse_square_weights(score: np.ndarray, cutoff: float) -> np.ndarray:
+    """Weights proportional to score**-2 among the scores within ``cutoff`` x the best."""
+    best = float(np.min(score))
+    if not np.isfinite(best):  # every score is infinite or NaN
+        raise ValueError("non-finite member scores")
+    floor = max(best, 1e-12)
+    kept = score <= cutoff * floor
+    with np.errstate(divide="ignore"):
+        inv = np.where(kept, (floor / np.maximum(score, floor)) ** 2, 0.0)
+    return inv / inv.sum()
+
+
 MODELS: dict[str, type[Forecaster]] = {
     "naive": Naive,
     "seasonal_naive": SeasonalNaive,
     "ets": ExponentialSmoothing,
     "lgbm_lags": LightGBMLags,
     "hybrid": CeemdanHybrid,
+    "adaptive": Adaptive,
 }
 BASELINES: tuple[str, ...] = ("naive", "seasonal_naive", "ets", "lgbm_lags")
 

@@ -102,9 +102,12 @@ def test_round_trip_forecasts_are_identical(request, tmp_path, trace, name):
     # data only: the metadata (with the state document), npy residuals, LightGBM text
     stem = at.strftime("%H%M%S")
     names = sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file())
-    boosters = {"lgbm_lags": ["model"], "hybrid": ["comp", "raw"]}.get(name, [])
+    boosters = {"lgbm_lags": ["model"], "hybrid": ["comp", "raw"], "adaptive": ["model"]}
+    arrays = ["residuals", "prior"] if name == "adaptive" else ["residuals"]
     assert names == sorted(
-        [f"{stem}.json", f"{stem}.residuals.npy"] + [f"{stem}.{b}.txt" for b in boosters]
+        [f"{stem}.json"]
+        + [f"{stem}.{a}.npy" for a in arrays]
+        + [f"{stem}.{b}.txt" for b in boosters.get(name, [])]
     )
 
 
@@ -306,7 +309,7 @@ CORRUPTIONS = {
     ),
     "booster of another model": (
         lambda p: _rewrite(p, "model.txt", _other_booster()),
-        "model.txt: max_feature_idx='2', expected 16",
+        "model.txt: max_feature_idx='2', expected 15",
     ),
     "booster changed, hash not": (
         lambda p: Path(p[: -len(".json")] + ".model.txt").write_text(
@@ -352,7 +355,7 @@ CORRUPTIONS = {
     ),
     "foreign state version": (
         lambda p: _edit_meta(p, lambda m: m["state"].update(schema_version=9)),
-        "metadata state.schema_version: Input should be 1",
+        "metadata state.schema_version: Input should be 2",
     ),
 }
 
@@ -436,7 +439,7 @@ def naive_state(twitter):
         (lambda d: d.update(boosters=["model"]), "boosters must be"),
         (lambda d: d.update(weight=0.5), "weight: only a hybrid has it"),
         (lambda d: d.update(model="os.system"), "not a registered model"),
-        (lambda d: d.update(schema_version=2), "schema_version 2 is not 1"),
+        (lambda d: d.update(schema_version=1), "schema_version 1 is not 2"),
     ],
 )
 def test_state_schema_violations_are_refused(naive_state, change, reason):

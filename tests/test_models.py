@@ -22,6 +22,7 @@ STEP = pd.Timedelta(minutes=5)
 HORIZON = 6
 SMALL = {
     "hybrid": {"window": 576, "trials": 5, "n_imfs": 4, "train_every": 12},
+    "adaptive": {"lookback": 144, "prior_steps": 144, "half_life": 144, "score_every": 2},
 }
 
 
