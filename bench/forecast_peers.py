@@ -6,8 +6,9 @@ intervals). Every model forecasts at the same origins (every ``--every`` minutes
 last ``--test-days`` of each trace), at horizons of 15 and 60 one-minute steps; each model is
 fitted once on the data up to the first origin (surgecast's daily refit; statsforecast's
 ``cross_validation`` with ``refit=False``, which moves the fitted models along the data up to
-each origin; mlforecast fitted once and updated with each origin's new minutes). The peers read the trace with its gaps filled forward (nothing later is used); every
-model is scored on the trace as it is, gaps left out.
+each origin; mlforecast fitted once and updated with each origin's new minutes). The peers
+read the trace with its gaps filled forward (nothing later is used); every model is scored on
+the trace as it is, gaps left out.
 
 Per model: MASE (scaled by the one-day seasonal-naive error of the history before the test
 span), the q0.95 pinball loss and coverage, and the fit time. For every surgecast model, its
@@ -37,17 +38,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from forecasting.evaluation import quantile_column, rolling_origin  # noqa: E402
-from forecasting.metrics import seasonal_naive_scale  # noqa: E402
+from forecasting.metrics import relative_error_interval, seasonal_naive_scale  # noqa: E402
 from surgecast.offline.sources import bundled_trace, load_rps_csv  # noqa: E402
 
 OURS = ("naive", "seasonal_naive", "ets", "lgbm_lags", "hybrid", "adaptive")
-DEFAULT = "hybrid"
+DEFAULT = "adaptive"
 """The forecaster surgecast runs unless a service names another (``forecast.model``)."""
 PEERS = ("AutoETS", "AutoTheta", "MSTL", "mlf-lgbm")
 BUNDLED = ("twitter_1min.csv", "azure_llm_code_2024_10s.csv")
 DAY = 1440  # one-minute steps
 BLOCK_MINUTES = 60  # the bootstrap resamples blocks of one hour of origins
-RESAMPLES = 2000
 
 
 @dataclass
@@ -174,23 +174,6 @@ def load_peers(path: Path, origins: pd.DatetimeIndex) -> list[Scores] | None:
                 for name in PEERS if f"{name}|point" in data]
 
 
-def block_interval(errors: np.ndarray, reference: np.ndarray, block: int,
-                   seed: int) -> tuple[float, float]:
-    """95 % moving-block bootstrap interval of sum(errors) / sum(reference) - 1, resampling
-    blocks of ``block`` consecutive origins (per-origin absolute-error sums)."""
-    n = len(errors)
-    block = max(1, min(block, n))
-    rng = np.random.default_rng(seed)
-    starts = np.arange(n - block + 1)
-    blocks = -(-n // block)
-    ratios = np.empty(RESAMPLES)
-    for i in range(RESAMPLES):
-        picks = rng.choice(starts, size=blocks)
-        idx = (picks[:, None] + np.arange(block)).ravel()[:n]
-        ratios[i] = errors[idx].sum() / reference[idx].sum() - 1.0
-    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
-
-
 def evaluate(path: Path, horizon: int, args) -> dict:
     rps = load_rps_csv(path, step="1min")
     step = pd.Timedelta(minutes=1)
@@ -231,9 +214,8 @@ def evaluate(path: Path, horizon: int, args) -> dict:
     for name in args.models:
         if best is None:
             continue
-        lo, hi = block_interval(per_origin[name], per_origin[best],
-                                max(1, BLOCK_MINUTES // args.every), args.seed)
-        rel = rows[name]["mase"] / rows[best]["mase"] - 1.0
+        rel, lo, hi = relative_error_interval(per_origin[name], per_origin[best],
+                                              max(1, BLOCK_MINUTES // args.every), args.seed)
         rows[name]["vs_best_peer"] = {"peer": best, "relative": rel, "ci95": [lo, hi],
                                       "verdict": "tied" if lo <= 0 <= hi else
                                       ("better" if hi < 0 else "worse")}

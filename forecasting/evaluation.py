@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from forecasting.errors import BadInputError
-from forecasting.models import QUANTILES, Forecaster, make_model
+from forecasting.models import QUANTILES, Adaptive, Forecaster, make_model
 
 ONE_DAY = pd.Timedelta(days=1)
 
@@ -32,6 +32,8 @@ class Evaluation:
             the first origin (scaled by level; out of sample, past only): the selection score.
         fit_errors: per model, the error of any failed fit.
         hybrid_weights: the hybrid's combiner weight on its component learner at each refit.
+        member_weights: the adaptive model's member weights at each origin (rows: cutoffs,
+            columns: members); empty without an adaptive model.
     """
 
     frame: pd.DataFrame
@@ -41,6 +43,7 @@ class Evaluation:
     calibration_mae: dict[str, float] = field(default_factory=dict)
     fit_errors: dict[str, str] = field(default_factory=dict)
     hybrid_weights: list[float] = field(default_factory=list)
+    member_weights: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def quantile_column(model: str, q: float) -> str:
@@ -88,6 +91,7 @@ def rolling_origin(
     result = Evaluation(frame=pd.DataFrame(), models=list(model_names))
     result.fallbacks = dict.fromkeys(model_names, 0)
     rows: list[dict] = []
+    weights: dict[pd.Timestamp, dict[str, float]] = {}
     last_refit: pd.Timestamp | None = None
     for i, origin in enumerate(origins):
         if last_refit is None or origin - last_refit >= refit_every:
@@ -115,12 +119,16 @@ def rolling_origin(
             if fc.fallback is not None:
                 result.fallbacks[name] += 1
             block[name] = fc.mean.to_numpy()
+            if isinstance(model, Adaptive) and fc.fallback is None:
+                weights[origin] = model.member_weights(history, origin)
             for q in QUANTILES:
                 block[quantile_column(name, q)] = fc.quantiles[q].to_numpy()
         rows.append(pd.DataFrame(block))
         if progress is not None:
             progress(i + 1, len(origins))
     result.frame = pd.concat(rows, ignore_index=True)
+    if weights:
+        result.member_weights = pd.DataFrame.from_dict(weights, orient="index")
     return result
 
 

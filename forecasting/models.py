@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from forecasting import DEFAULT_MODEL  # noqa: F401  (re-exported)
 from forecasting.errors import BadInputError
 
 QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)

@@ -48,7 +48,9 @@ def event_then_quiet(
     return out, quiet_day + offset
 
 
-def level_shift(rps: pd.Series, at: pd.Timestamp, factor: float = 1.8) -> tuple[pd.Series, pd.Timestamp]:
+def level_shift(
+    rps: pd.Series, at: pd.Timestamp, factor: float = 1.8
+) -> tuple[pd.Series, pd.Timestamp]:
     """From ``at`` on, the load is ``factor`` times what it was."""
     at = pd.Timestamp(at)
     _check(rps, at)

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from forecasting import DEFAULT_MODEL
 from forecasting.errors import BadInputError
 
 try:  # typer >= 0.20 ships its own copy of click
@@ -429,7 +430,7 @@ def forecast(
     ] = None,
     step: Annotated[str, typer.Option(help="Resample to this step (mean).")] = "1min",
     horizon: Annotated[int, typer.Option(parser=_int(1, MAX_HORIZON), help="Forecast steps.")] = 15,
-    model: Annotated[str, typer.Option(help="Model name.")] = "hybrid",
+    model: Annotated[str, typer.Option(help="Model name.")] = DEFAULT_MODEL,
     seed: Annotated[int, typer.Option(parser=_int(0, MAX_SEED), help="Seed.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write it as JSON here.")] = None,
 ) -> None:
@@ -690,7 +691,7 @@ def backtest(
     every: Annotated[
         int, typer.Option(parser=_int(1, 1440), help="Minutes between surgecast's plans.")
     ] = 5,
-    model: Annotated[str, typer.Option(help="Forecasting model surgecast uses.")] = "hybrid",
+    model: Annotated[str, typer.Option(help="Forecasting model surgecast uses.")] = DEFAULT_MODEL,
     quantile: Annotated[
         float,
         typer.Option(

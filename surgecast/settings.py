@@ -79,6 +79,7 @@ from actuator.spec import (
     parse,
     show,
 )
+from forecasting import DEFAULT_MODEL
 from forecasting.errors import BadInputError
 from forecasting.models import MODELS, QUANTILES
 from planner.policy import PolicySettings
@@ -327,8 +328,9 @@ class DataSettings(Spec):
 class ForecastSettings(Spec):
     """The forecasting model of a service and how often it is refitted."""
 
-    model: OneOf(*MODELS) = "hybrid"
-    """Registered model: hybrid, lgbm_lags, ets, seasonal_naive or naive."""
+    model: OneOf(*MODELS) = DEFAULT_MODEL
+    """Registered model: adaptive (the default), hybrid, lgbm_lags, ets, seasonal_naive or
+    naive."""
 
     quantiles: Annotated[tuple[Annotated[float, Strict()], ...], Field(max_length=100)] = QUANTILES
     """Quantiles stored with every forecast (a subset of the models' 0.5, 0.9, 0.95, 0.99)."""

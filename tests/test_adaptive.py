@@ -90,9 +90,9 @@ def test_a_prior_that_does_not_fit_the_model_is_refused() -> None:
 
     buf = io.BytesIO()
     np.save(buf, bad, allow_pickle=False)
-    with pytest.raises(ModelStateError, match="prior.npy: ages and errors"):
+    with pytest.raises(ModelStateError, match=r"prior\.npy: ages and errors"):
         load_state(state_from_files(state.doc, {**files, "prior.npy": buf.getvalue()}))
-    with pytest.raises(ModelStateError, match="prior.npy: must be a float64"):
+    with pytest.raises(ModelStateError, match=r"prior\.npy: must be a float64"):
         load_state(state_from_files(state.doc, {k: v for k, v in files.items()
                                                 if k != "prior.npy"}))
 

@@ -39,6 +39,7 @@ import pandas as pd
 from actuator.guards import Bounds, within_bounds
 from actuator.port import ClusterPort
 from actuator.spec import DEFAULTS, ServiceSpec, WorkloadSpec
+from forecasting import DEFAULT_MODEL
 from forecasting.cleaning import fill_gaps
 from forecasting.errors import BadInputError
 from forecasting.models import CeemdanHybrid
@@ -209,7 +210,7 @@ class BacktestSettings:
     horizon_steps: int = 15
     quantile: float = 0.9
     surge_quantile: float = 0.99
-    model: str = "hybrid"
+    model: str = DEFAULT_MODEL
     cold_start_s: int = 30
     resize_s: int = int(DEFAULTS.resize_s)
     resize_spread: float = 0.5

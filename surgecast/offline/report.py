@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from forecasting import DEFAULT_MODEL
 from forecasting.cleaning import format_time
 from forecasting.errors import BadInputError
 from forecasting.metrics import (
@@ -28,15 +29,17 @@ from forecasting.metrics import (
     QUANTILES,
     by_horizon,
     coverage_by_quantile,
+    origin_errors,
     quantile_column,
     quantile_key,
+    relative_error_interval,
 )
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-HYBRID = "hybrid"
-"""Name of the decomposition pipeline's model; every other model counts as a baseline."""
+PIPELINE = DEFAULT_MODEL
+"""The model surgecast runs; the verdict compares it with the best of the others."""
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
@@ -154,19 +157,38 @@ def _metrics_table_html(metrics: Mapping[str, dict], models: Sequence[str], sele
 
 
 def _lowest_mase(metrics: Mapping[str, dict], models: Sequence[str]) -> str | None:
-    """The model with the lowest MASE (ties go to the hybrid); None if no model has one."""
+    """The model with the lowest MASE (ties go to the pipeline's); None if no model has one."""
     scored = [m for m in models if _is_number(metrics[m]["mase"])]
     if not scored:
         return None
-    return min(scored, key=lambda m: (metrics[m]["mase"], m != HYBRID))
+    return min(scored, key=lambda m: (metrics[m]["mase"], m != PIPELINE))
 
 
-def mase_verdict(metrics: Mapping[str, dict], models: Sequence[str]) -> str:
-    """A plain sentence on which model had the lowest MASE, and whether a baseline beat the hybrid.
+def _origin_block(frame: pd.DataFrame) -> int:
+    """Origins in one hour: the bootstrap's block."""
+    cutoffs = pd.DatetimeIndex(frame["cutoff"].drop_duplicates().sort_values())
+    if len(cutoffs) < 2:
+        return 1
+    spacing = pd.Series(cutoffs[1:] - cutoffs[:-1]).median()
+    return max(1, round(pd.Timedelta(hours=1) / spacing))
+
+
+def mase_verdict(
+    metrics: Mapping[str, dict],
+    models: Sequence[str],
+    frame: pd.DataFrame | None = None,
+    pipeline: str = PIPELINE,
+) -> str:
+    """A plain sentence on which model had the lowest MASE and how the pipeline's model compares
+    with the best other one: better, worse, or tied when the 95 % block-bootstrap interval of
+    the difference (blocks of one hour of origins) holds 0.
 
     Args:
         metrics: per-model metrics as from ``forecasting.metrics.model_metrics``.
         models: the model names, in table order.
+        frame: the evaluation frame the metrics come from (for the interval); without it the
+            sentence compares the point values only.
+        pipeline: the model surgecast runs.
 
     Returns:
         Plain text (not yet HTML-escaped).
@@ -174,24 +196,34 @@ def mase_verdict(metrics: Mapping[str, dict], models: Sequence[str]) -> str:
     best = _lowest_mase(metrics, models)
     if best is None:
         return "No model has a MASE on the test span: no forecast had an actual to compare with."
-    best_mase = metrics[best]["mase"]
-    sentence = f"Lowest MASE on the test span: {best} ({best_mase:.3f})."
-    hybrid_mase = metrics[HYBRID]["mase"] if HYBRID in metrics and HYBRID in models else None
-    if best != HYBRID and _is_number(hybrid_mase):
-        return (
-            f"{sentence} Baseline {best} beat the hybrid on MASE: {best_mase:.3f} against "
-            f"{hybrid_mase:.3f} for the hybrid."
-        )
-    if best == HYBRID:
-        baselines = [m for m in models if m != HYBRID and _is_number(metrics[m]["mase"])]
-        if baselines:
-            runner_up = min(baselines, key=lambda m: metrics[m]["mase"])
-            sentence += (
-                f" The hybrid beat every baseline; the best baseline, {runner_up}, "
-                f"had {metrics[runner_up]['mase']:.3f}."
-            )
+    sentence = f"Lowest MASE on the test span: {best} ({metrics[best]['mase']:.3f})."
+    if pipeline not in models or not _is_number(metrics[pipeline]["mase"]):
+        return f"{sentence} {pipeline}, the model surgecast runs, was not evaluated."
+    others = [m for m in models if m != pipeline and _is_number(metrics[m]["mase"])]
+    if not others:
         return sentence
-    return f"{sentence} No model named {HYBRID} was evaluated."
+    rival = min(others, key=lambda m: metrics[m]["mase"])
+    ours, theirs = metrics[pipeline]["mase"], metrics[rival]["mase"]
+    pair = f"MASE {ours:.3f} against {theirs:.3f}"
+    if frame is None:
+        if ours <= theirs:
+            return f"{sentence} {pipeline} (the model surgecast runs) beat {rival}: {pair}."
+        return f"{sentence} {rival} beat {pipeline} (the model surgecast runs): {pair}."
+    rel, low, high = relative_error_interval(
+        origin_errors(frame, pipeline), origin_errors(frame, rival), _origin_block(frame)
+    )
+    interval = f"{rel:+.1%}, 95 % interval {low:+.1%} to {high:+.1%}"
+    if low <= 0 <= high:
+        return (
+            f"{sentence} {pipeline} (the model surgecast runs) and {rival} are tied: {pair} "
+            f"({interval}, which holds 0)."
+        )
+    if high < 0:
+        return (
+            f"{sentence} {pipeline} (the model surgecast runs) beat the best other model, "
+            f"{rival}: {pair} ({interval})."
+        )
+    return f"{sentence} {rival} beat {pipeline} (the model surgecast runs): {pair} ({interval})."
 
 
 def _fallback_note(fallbacks: Mapping[str, int], origins: int) -> str:
@@ -234,58 +266,65 @@ def _naive_utc(times: pd.Series) -> np.ndarray:
     return pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None).to_numpy()
 
 
-def plot_forecast_vs_actual(
-    frame: pd.DataFrame, models: Sequence[str], steps: Sequence[int]
-) -> bytes:
-    """PNG: actual rps and, per horizon step (one panel each), the models' forecasts.
-
-    Each forecast is plotted at its target time ``ds``: the mean as a line, a band between the
-    q0.5 and q0.95 forecasts, and a dashed line for q0.99.
-
-    Args:
-        frame: the evaluation frame.
-        models: the models to draw (one or two keep it readable).
-        steps: horizon steps, one panel each (e.g. ``[H, 1]``).
-
-    Returns:
-        The PNG image.
-    """
+def plot_each_model(frame: pd.DataFrame, models: Sequence[str], step: int) -> bytes:
+    """PNG: one panel per model (shared axes): its forecasts made ``step`` steps ahead, at their
+    target times, with the q0.5-q0.95 band and q0.99, against the actual load in black."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
     actual = frame[["ds", "y"]].drop_duplicates("ds").sort_values("ds")
-    fig, axes = _new_figure(12.0, 3.3 * len(steps), rows=len(steps))
-    colors = ["tab:blue", "tab:orange", "tab:green"]
-    for ax, step in zip(axes, steps, strict=True):
-        ax.plot(_naive_utc(actual["ds"]), actual["y"], color="black", lw=1.0, label="actual")
-        at_step = frame[frame["h"] == step].sort_values("ds")
-        times = _naive_utc(at_step["ds"])
-        for model, color in zip(models, colors, strict=False):
-            ax.plot(times, at_step[model], color=color, lw=1.0, label=f"{model} mean")
-            ax.fill_between(
-                times,
-                at_step[quantile_column(model, 0.5)],
-                at_step[quantile_column(model, 0.95)],
-                color=color,
-                alpha=0.2,
-                lw=0,
-                label=f"{model} q0.5-q0.95",
-            )
-            ax.plot(
-                times,
-                at_step[quantile_column(model, 0.99)],
-                color=color,
-                lw=0.8,
-                ls="--",
-                label=f"{model} q0.99",
-            )
-        ax.set_title(f"forecast made {step} step(s) ahead, plotted at its target time", fontsize=10)
+    at_step = frame[frame["h"] == step].sort_values("ds")
+    times = _naive_utc(at_step["ds"])
+    fig, axes = _new_figure(12.0, 1.9 * len(models) + 0.6, rows=len(models))
+    for ax in axes[1:]:
+        ax.sharex(axes[0])
+        ax.sharey(axes[0])
+    for i, (ax, model) in enumerate(zip(axes, models, strict=True)):
+        color = f"C{i % 10}"
+        ax.plot(_naive_utc(actual["ds"]), actual["y"], color="black", lw=0.9, label="actual")
+        ax.fill_between(
+            times,
+            at_step[quantile_column(model, 0.5)],
+            at_step[quantile_column(model, 0.95)],
+            color=color,
+            alpha=0.25,
+            lw=0,
+            label="q0.5-q0.95",
+        )
+        ax.plot(times, at_step[model], color=color, lw=1.1, label="mean")
+        ax.plot(
+            times, at_step[quantile_column(model, 0.99)], color=color, lw=0.8, ls="--",
+            label="q0.99",
+        )
         ax.set_ylabel("rps")
+        ax.set_title(model, fontsize=10, loc="left")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-        locator = AutoDateLocator()
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    axes[-1].set_xlabel("time (UTC)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    locator = AutoDateLocator()
+    axes[-1].xaxis.set_major_locator(locator)
+    axes[-1].xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes[-1].set_xlabel("target time (UTC)")
+    return _png_bytes(fig)
+
+
+def plot_member_weights(weights: Mapping[str, list]) -> bytes:
+    """PNG: the adaptive model's member weights per origin, stacked (they sum to 1)."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    times = _naive_utc(pd.Series(pd.to_datetime(weights["cutoff"], utc=True)))
+    members = [k for k in weights if k != "cutoff"]
+    fig, (ax,) = _new_figure(12.0, 2.8)
+    ax.stackplot(
+        times, *[np.asarray(weights[m], dtype=np.float64) for m in members], labels=members,
+        colors=[f"C{i}" for i in range(len(members))], alpha=0.8,
+    )
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("weight")
+    ax.set_xlabel("forecast origin (UTC)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     return _png_bytes(fig)
 
 
@@ -316,6 +355,9 @@ def plot_coverage(table: pd.DataFrame) -> bytes:
     ax.set_xlabel("nominal quantile")
     ax.set_ylabel("share of actuals <= forecast")
     ax.set_xticks(nominal)
+    # zoomed on the quantiles (not 0-1), so that 0.9-0.99 is not a sliver
+    ax.set_ylim(max(0.0, low - 0.02), 1.0 + 0.005)
+    ax.set_xlim(low - 0.01, 1.0)
     ax.set_title("Coverage by quantile (on the dashed line = calibrated)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -396,10 +438,17 @@ def _render_html(
     span = summary["test_span"]
     esc = html.escape
     title = f"Forecast accuracy: {trace}, {span['start']} to {span['end']}"
-    plotted = [selected] + ([HYBRID] if HYBRID in models and selected != HYBRID else [])
-    steps = [horizon, 1] if horizon > 1 else [1]
-    forecast_png = plot_forecast_vs_actual(frame, plotted, steps)
+    forecast_png = plot_each_model(frame, models, horizon)
     horizon_png = plot_mae_by_horizon(by_horizon(frame, models))
+    weights = summary.get("member_weights")
+    weights_html = ""
+    if weights:
+        weights_html = (
+            f"<h2>{esc(PIPELINE)}: member weights at each origin</h2>"
+            '<p class="note">The weight each member had in the forecast made at each origin, '
+            "from its recent out-of-sample errors (every origin's weights sum to 1).</p>"
+            + _img(plot_member_weights(weights), "member weights per origin")
+        )
     coverage_png = plot_coverage(coverage_by_quantile(frame, models, QUANTILES))
     reason = summary["selection_reason"]
     return f"""<!DOCTYPE html>
@@ -416,14 +465,18 @@ models: {esc(", ".join(models))}.</p>
 
 <h2>Verdict</h2>
 <p class="verdict">Selected model: <b>{esc(selected)}</b>. {esc(reason)}</p>
-<p class="verdict">{esc(mase_verdict(metrics, models))}</p>
+<p class="verdict">{esc(mase_verdict(metrics, models, frame))}</p>
 
 <h2>Metrics on the test span</h2>
 {_metrics_table_html(metrics, models, selected)}
 <p class="note">{esc(_fallback_note(summary["fallbacks"], summary["origins"]))}</p>
 
-<h2>Forecast against actual</h2>
-{_img(forecast_png, "forecast against actual for " + ", ".join(plotted))}
+<h2>Forecast against actual, {horizon} step(s) ahead</h2>
+<p class="note">One panel per model, on the same scale, so that no model hides under another:
+the mean forecast made {horizon} step(s) before each target (colour), the q0.5-q0.95 band and
+the q0.99 (dashed), against the actual load (black).</p>
+{_img(forecast_png, "forecast against actual for " + ", ".join(models))}
+{weights_html}
 
 <h2>MAE by horizon step</h2>
 {_img(horizon_png, "MAE by horizon step")}
@@ -461,6 +514,7 @@ def write_forecast_report(
     settings: dict,
     horizon: int,
     fallbacks: dict[str, int] | None = None,
+    member_weights: pd.DataFrame | None = None,
 ) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``report.html`` for one trace's rolling-origin evaluation.
 
@@ -469,8 +523,8 @@ def write_forecast_report(
         trace: name of the trace (shown in the title).
         frame: the evaluation frame (``ds, cutoff, h, y`` and per model the mean and quantile
             columns; see ``forecasting.metrics``).
-        models: model names, in table order; a model named ``"hybrid"`` is the pipeline, the
-            others are baselines.
+        models: model names, in table order; the verdict compares the model surgecast runs
+            (:data:`PIPELINE`) with the best of the others.
         metrics: per-model metrics from ``forecasting.metrics.model_metrics`` on ``frame``.
         selected: the model chosen for this service; one of ``models``.
         selection_reason: one sentence on why it was chosen.
@@ -479,6 +533,8 @@ def write_forecast_report(
         horizon: forecast horizon H in steps.
         fallbacks: per model, the number of origins at which it failed and seasonal naive was
             used instead; ``None`` means no model fell back.
+        member_weights: the adaptive model's member weights per origin (index: cutoffs,
+            columns: members), shown as a chart and stored in ``metrics.json``.
 
     Returns:
         The paths of ``metrics.json`` and ``report.html``.
@@ -501,6 +557,11 @@ def write_forecast_report(
         "test_span": _test_span(frame),
         "fallbacks": counts,
     }
+    if member_weights is not None and not member_weights.empty:
+        summary["member_weights"] = {
+            "cutoff": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in member_weights.index],
+            **{m: [float(w) for w in member_weights[m]] for m in member_weights.columns},
+        }
     text = json.dumps(_json_safe(summary), indent=2, default=_json_default, allow_nan=False)
     page = _render_html(summary=summary, frame=frame, models=models, metrics=metrics)
     out_dir.mkdir(parents=True, exist_ok=True)

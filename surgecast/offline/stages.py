@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from forecasting import DEFAULT_MODEL
 from forecasting.cleaning import clean_window
 from forecasting.decomposition import BACKENDS, Decomposition, decompose, warm_up
 from forecasting.errors import BadInputError
@@ -341,6 +342,7 @@ def forecast_report(
         settings=settings,
         horizon=horizon,
         fallbacks=evaluation.fallbacks,
+        member_weights=evaluation.member_weights,
     )
     return ForecastReport(
         report_html=html,
@@ -358,7 +360,7 @@ def forecast_at(
     at: str | None,
     step: str = "1min",
     horizon: int = 15,
-    model: str = "hybrid",
+    model: str = DEFAULT_MODEL,
     seed: int = 0,
 ):
     """Fit ``model`` on the history before ``at`` and forecast the next ``horizon`` steps."""
