@@ -5,7 +5,8 @@ quiet day, a level shift, a flash crowd), the models are fitted an hour before t
 daily refit would have been) and forecast at an origin every 5 minutes from then until six hours
 after it. Printed per model: the MAE (rps) in each hour after the change, the q0.95 coverage and
 the under-prediction rate (share of actuals above q0.95) over the six hours after it, and the
-same hours' MAE without the change.
+same hours' MAE without the change. Then, for the default model, the q0.95 coverage by hour of
+day (UTC, of the target) over the last ``--days`` of each trace without any change.
 
     uv run python bench/forecast_stress.py                      # bundled traces, horizon 15
     uv run python bench/forecast_stress.py --horizon 60 --models naive adaptive
@@ -70,11 +71,29 @@ def run(rps: pd.Series, kind: str, models: list[str], horizon: int) -> dict:
     return out
 
 
+def coverage_by_hour(rps: pd.Series, model: str, horizon: int, days: float) -> pd.DataFrame:
+    """q0.95 coverage per hour of day of the target (UTC), over an origin every 10 minutes
+    across the last ``days`` of the trace (one fit before the first)."""
+    end = rps.index[-1] - pd.Timedelta(minutes=horizon)
+    start = end - pd.Timedelta(days=days)
+    ev = rolling_origin(rps, [model], test_start=start, test_end=end, every=10,
+                        refit_every=pd.Timedelta(days=100), horizon=horizon)
+    frame = ev.frame.dropna(subset=["y"])
+    above = frame["y"] > frame[quantile_column(model, 0.95)]
+    hour = pd.DatetimeIndex(frame["ds"]).hour
+    out = pd.DataFrame({"coverage": 1.0 - above.groupby(hour).mean(),
+                        "pairs": above.groupby(hour).size()})
+    out.attrs["overall"] = float(1.0 - above.mean())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trace", type=Path, action="append")
     parser.add_argument("--horizon", type=int, default=15)
     parser.add_argument("--models", nargs="+", default=["naive", "lgbm_lags", DEFAULT_MODEL])
+    parser.add_argument("--days", type=float, default=2.0,
+                        help="days at the end of each trace for the coverage by hour of day")
     parser.add_argument("--out", type=Path, default=Path("out/forecast-stress"))
     args = parser.parse_args()
     paths = args.trace or [bundled_trace(name) for name in BUNDLED]
@@ -96,6 +115,19 @@ def main() -> None:
                 print(f"| {m} | {hours} | {r['mae_hours_1_to_6']:.1f} | "
                       f"{p['mae_hours_1_to_6']:.1f} | {r['coverage_q95_6h']:.3f} | "
                       f"{r['under_q95_6h']:.3f} |", flush=True)
+    for path in paths:
+        rps = load_rps_csv(path, step="1min")
+        table = coverage_by_hour(rps, DEFAULT_MODEL, args.horizon, args.days)
+        results[f"{path.stem}/coverage_by_hour"] = {
+            "overall": table.attrs["overall"],
+            "by_hour": {int(h): float(c) for h, c in table["coverage"].items()},
+        }
+        low = table["coverage"].idxmin()
+        print(f"\n{path.name}: {DEFAULT_MODEL} q0.95 coverage over the last {args.days:g} days "
+              f"{table.attrs['overall']:.3f}; by hour of day (UTC) from "
+              f"{table['coverage'].min():.3f} ({low:02d}h) to {table['coverage'].max():.3f}; "
+              f"hours below 0.90: {int((table['coverage'] < 0.90).sum())} of {len(table)}")
+        print(" ".join(f"{h:02d}h {c:.2f}" for h, c in table["coverage"].items()), flush=True)
     (args.out / f"stress_h{args.horizon}.json").write_text(json.dumps(results, indent=1))
     ratio = {k: v["shifted"][DEFAULT_MODEL]["mae_hours_1_to_6"]
              / v["shifted"]["naive"]["mae_hours_1_to_6"]
