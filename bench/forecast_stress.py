@@ -131,8 +131,8 @@ def main() -> None:
     (args.out / f"stress_h{args.horizon}.json").write_text(json.dumps(results, indent=1))
     ratio = {k: v["shifted"][DEFAULT_MODEL]["mae_hours_1_to_6"]
              / v["shifted"]["naive"]["mae_hours_1_to_6"]
-             for k, v in results.items() if DEFAULT_MODEL in v["shifted"]
-             and "naive" in v["shifted"]}
+             for k, v in results.items() if "shifted" in v
+             and DEFAULT_MODEL in v["shifted"] and "naive" in v["shifted"]}
     if ratio:
         print("\n" + DEFAULT_MODEL + " / naive MAE, hours 1-6 after the shift: "
               + ", ".join(f"{k} {r:.2f}" for k, r in ratio.items()))
