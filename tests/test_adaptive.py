@@ -145,3 +145,17 @@ def test_stress_changes_only_what_it_says(twitter_1min: pd.Series) -> None:
     shifted, at = stress.level_shift(rps, day)
     assert np.allclose(shifted.loc[at:].dropna(), 1.8 * rps.loc[at:].dropna())
     assert shifted.loc[: at - rps.index.freq].equals(rps.loc[: at - rps.index.freq])
+
+
+def test_the_rolling_origin_evaluation_records_the_weights_at_every_origin() -> None:
+    series = periodic(seed=2)
+    start = series.index[-150]
+    ev = rolling_origin(
+        series, ["naive", "adaptive"], test_start=start, test_end=series.index[-10], every=20,
+        horizon=6, refit_every=pd.Timedelta(days=10),
+        model_kwargs={"adaptive": {k: v for k, v in SMALL.items() if k != "horizon"}},
+    )
+    weights = ev.member_weights
+    assert list(weights.columns) == list(ADAPTIVE_MEMBERS)
+    assert list(weights.index) == sorted(ev.frame["cutoff"].unique())
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
