@@ -60,6 +60,11 @@ class Scores:
     fit_s: float
 
 
+def progress(what: str) -> None:
+    """One line on stderr as each model starts (MSTL takes minutes per trace and horizon)."""
+    print(f"{time.strftime('%H:%M:%S')} {what} ...", file=sys.stderr, flush=True)
+
+
 def peers_frame(values: pd.Series) -> pd.DataFrame:
     """The long frame statsforecast and mlforecast read: gaps filled forward (leak-free)."""
     y = values.ffill().bfill()
@@ -86,6 +91,7 @@ def run_statsforecast(df: pd.DataFrame, origins, horizon: int, every: int, train
         MSTL(season_length=DAY, trend_forecaster=AutoETS(model="ZZN")),
     ):
         name = model.alias
+        progress(f"{name}, horizon {horizon}")
         started = time.perf_counter()
         sf = StatsForecast(models=[model], freq="min", n_jobs=1)
         with warnings.catch_warnings():
@@ -107,6 +113,7 @@ def run_mlforecast(df: pd.DataFrame, origins, horizon: int, every: int, train: i
     from mlforecast.lag_transforms import RollingMean
     from mlforecast.utils import PredictionIntervals
 
+    progress(f"mlf-lgbm, horizon {horizon}")
     started = time.perf_counter()
     mlf = MLForecast(
         models={"mlf-lgbm": LGBMRegressor(n_estimators=300, learning_rate=0.05, num_leaves=31,
@@ -140,6 +147,7 @@ def run_ours(rps: pd.Series, origins, horizon: int, every: int, seed: int,
              models: tuple[str, ...]) -> list[Scores]:
     out = []
     for name in models:
+        progress(f"{name}, horizon {horizon}")
         started = time.perf_counter()
         ev = rolling_origin(rps, [name], test_start=origins[0], test_end=origins[-1],
                             every=every, refit_every=pd.Timedelta(days=100), horizon=horizon,

@@ -12,6 +12,7 @@ in production:
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from forecasting.errors import BadInputError
@@ -68,9 +69,6 @@ def flash_crowd(
     _check(rps, at)
     out = rps.copy()
     span = (out.index >= at) & (out.index < at + pd.Timedelta(minutes=minutes))
-    ramp = pd.Series(1.0, index=out.index[span])
-    first = ramp.index < at + pd.Timedelta(minutes=2)
-    ramp[first] = 1.0 + (factor - 1.0) * 0.5
-    ramp[~first] = factor
-    out[span] = out[span] * ramp.to_numpy()
+    rising = out.index[span] < at + pd.Timedelta(minutes=2)
+    out[span] *= np.where(rising, 1.0 + (factor - 1.0) / 2, factor)
     return out, at

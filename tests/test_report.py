@@ -212,3 +212,11 @@ def test_verdict_without_the_pipelines_model():
     sentence = mase_verdict(metrics, ["naive", "seasonal_naive"])
     assert sentence.startswith("Lowest MASE on the test span: seasonal_naive (0.900).")
     assert "adaptive, the model surgecast runs, was not evaluated" in sentence
+
+
+def test_a_rival_without_any_error_gets_a_plain_verdict_not_an_error() -> None:
+    frame = evaluation_frame(adaptive_error_rps=0.5)
+    frame["naive"] = frame["y"]  # exact wherever there is an actual
+    metrics = model_metrics(frame, MODELS, SCALE_RPS)
+    sentence = mase_verdict(metrics, MODELS, frame)
+    assert "naive beat adaptive (the model surgecast runs)" in sentence, sentence

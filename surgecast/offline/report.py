@@ -205,12 +205,13 @@ def mase_verdict(
     rival = min(others, key=lambda m: metrics[m]["mase"])
     ours, theirs = metrics[pipeline]["mase"], metrics[rival]["mase"]
     pair = f"MASE {ours:.3f} against {theirs:.3f}"
-    if frame is None:
+    reference = None if frame is None else origin_errors(frame, rival)
+    if reference is None or not reference.sum() > 0:  # no frame, or a rival without error
         if ours <= theirs:
             return f"{sentence} {pipeline} (the model surgecast runs) beat {rival}: {pair}."
         return f"{sentence} {rival} beat {pipeline} (the model surgecast runs): {pair}."
     rel, low, high = relative_error_interval(
-        origin_errors(frame, pipeline), origin_errors(frame, rival), _origin_block(frame)
+        origin_errors(frame, pipeline), reference, _origin_block(frame)
     )
     interval = f"{rel:+.1%}, 95 % interval {low:+.1%} to {high:+.1%}"
     if low <= 0 <= high:
