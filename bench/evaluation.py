@@ -141,9 +141,9 @@ def table(case: Case, seeds: list[int], out: Path, hours: float | None) -> str:
         + f"; seeds {','.join(map(str, seeds))}",
         "",
         "| policy | requests over the SLO" + (", median [range]" if len(seeds) > 1 else "")
-        + " | core-hours" + (", median [range]" if len(seeds) > 1 else "")
+        + " | share | core-hours" + (", median [range]" if len(seeds) > 1 else "")
         + " | node core-hours | × lower bound |",
-        "|---|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     bound = np.median([r["lower_bound"]["core_hours"] for r in runs])
     for name in runs[0]["policies"]:
@@ -155,14 +155,69 @@ def table(case: Case, seeds: list[int], out: Path, hours: float | None) -> str:
             mid = f.format(np.median(a))
             return mid if len(a) == 1 else f"{mid} [{f.format(a.min())}-{f.format(a.max())}]"
 
+        share = np.median([r["policies"][name]["violation_rate"] for r in runs])
         star = "**" if name == "surgecast" else ""
-        lines.append(f"| {star}{name}{star} | {cell(v, '{:,.0f}')} | {cell(c, '{:.1f}')} | "
-                     f"{np.median(nodes):.0f} | {np.median(c) / bound:.2f} |")
-    lines.append(f"| lower bound | | {bound:.1f} | | 1.00 |")
+        lines.append(f"| {star}{name}{star} | {cell(v, '{:,.0f}')} | {100 * share:.3f} % | "
+                     f"{cell(c, '{:.1f}')} | {np.median(nodes):.0f} | "
+                     f"{np.median(c) / bound:.2f} |")
+    lines.append(f"| lower bound | | | {bound:.1f} | | 1.00 |")
     lines.append("")
     for seed, r in zip(seeds, runs, strict=True):
         for bar in check_bars(r):
             lines.append(f"- seed {seed}: {bar.line()}")
+    return "\n".join(lines) + "\n"
+
+
+DIGEST_ROWS = ("surgecast", "hpa-70", "best HPA", "themis", "surgecast-no-forecast",
+               "perfect-forecast")
+
+
+def digest(group: str, chosen: list[Case], seeds: list[int], out: Path) -> str:
+    """One line per case of a group: requests over the SLO / core-hours of surgecast, the 70 %
+    HPA, the CPU HPA setting with the fewest violations among those that cost at least as much
+    as surgecast, reactive Themis, the reactive policy surgecast builds on and a perfect
+    forecast (medians over the seeds), the lower bound, and how many bars are met per seed."""
+    from surgecast.offline.bars import best_costlier_hpa, check_bars
+
+    lines = [
+        f"#### {group}: requests over the SLO / core-hours"
+        + (f", median over seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else ""),
+        "",
+        "| case | " + " | ".join(
+            "best HPA at ≥ surgecast's cost" if n == "best HPA" else n for n in DIGEST_ROWS
+        ) + " | lower bound | bars met |",
+        "|---|" + "---|" * len(DIGEST_ROWS) + "---:|---|",
+    ]
+    for case in chosen:
+        if case.group != group:
+            continue
+        runs = [json.loads((out / case.name / f"seed-{s}" / "results.json").read_text())
+                for s in seeds]
+        cells = []
+        for name in DIGEST_ROWS:
+            if name == "best HPA":
+                best = [best_costlier_hpa(r) for r in runs]
+                if any(b is None for b in best):
+                    cells.append("none" if all(b is None for b in best) else "not on every seed")
+                    continue
+                names = sorted({b[0] for b in best})
+                rows = [b[1] for b in best]
+                label = "/".join(names) + " "
+            elif all(name in r["policies"] for r in runs):
+                rows, label = [r["policies"][name] for r in runs], ""
+            else:
+                cells.append("")
+                continue
+            v = np.median([row["violations"] for row in rows])
+            c = np.median([row["core_hours"] for row in rows])
+            text = f"{label}{v:,.0f} / {c:.1f}"
+            cells.append(f"**{text}**" if name == "surgecast" else text)
+        bound = np.median([r["lower_bound"]["core_hours"] for r in runs])
+        met = [sum(bar.met is True for bar in check_bars(r)) for r in runs]
+        total = len(check_bars(runs[0]))
+        counts = f"{min(met)}" if min(met) == max(met) else f"{min(met)}-{max(met)}"
+        lines.append(f"| {case.name} | " + " | ".join(cells)
+                     + f" | {bound:.1f} | {counts} of {total} |")
     return "\n".join(lines) + "\n"
 
 
@@ -202,7 +257,9 @@ def main() -> None:
             print(f"{name} seed {seed}: {took}", flush=True)
     done = [c for c in chosen
             if all((args.out / c.name / f"seed-{s}" / "results.json").exists() for s in seeds)]
-    text = "".join(table(case, seeds, args.out, hours) + "\n" for case in done)
+    groups = list(dict.fromkeys(case.group for case in done))
+    text = "".join(digest(group, done, seeds, args.out) + "\n" for group in groups)
+    text += "".join(table(case, seeds, args.out, hours) + "\n" for case in done)
     text += f"Wall time {time.perf_counter() - started:.0f} s with {args.jobs} job(s).\n"
     print(text)
     (args.out / "summary.md").write_text(text)

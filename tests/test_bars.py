@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from surgecast.offline.bars import check_bars
+from surgecast.offline.bars import best_costlier_hpa, check_bars
 
 
 def row(violations: int, core_hours: float, rate: float | None = None) -> dict:
@@ -43,3 +43,17 @@ def test_an_hpa_under_a_tenth_of_a_percent_needs_no_ratio_and_missing_rows_are_n
     states = [b.met for b in bars]
     assert states == [None, True, None, None]
     assert check_bars({"policies": {}})[0].met is None
+
+
+def test_the_best_costlier_hpa_is_the_fewest_violations_among_those_that_cost_as_much():
+    runs = results(
+        surgecast=row(1_000, 100.0), hpa=row(20_000, 110.0), hpa_70=row(20_000, 110.0),
+        hpa_50=row(5_000, 150.0), hpa_60=row(9_000, 130.0), hpa_90=row(900, 90.0),
+    )
+    assert best_costlier_hpa(runs)[0] == "hpa-50"
+    runs["policies"]["hpa-60"]["violations"] = 4_000
+    assert best_costlier_hpa(runs)[0] == "hpa-60"
+    for name in ("hpa", "hpa-50", "hpa-60", "hpa-70"):
+        runs["policies"][name]["core_hours"] = 99.0
+    assert best_costlier_hpa(runs) is None
+    assert best_costlier_hpa({"policies": {}}) is None

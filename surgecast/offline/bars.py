@@ -28,6 +28,23 @@ class Bar:
         return f"{self.name}: {STATE[self.met]} ({self.detail})"
 
 
+def best_costlier_hpa(results: dict) -> tuple[str, dict] | None:
+    """The CPU HPA setting with the fewest violations among those that cost at least as much
+    as surgecast (the point of the HPA's curve that bar 1 compares with), or None."""
+    rows = results.get("policies", {})
+    ours = rows.get("surgecast")
+    if ours is None:
+        return None
+    # "hpa" is the 70 % setting under its old name when "hpa-70" is there too
+    names = [n for n in rows if HPA_ROW.match(n) and not (n == "hpa" and "hpa-70" in rows)]
+    costlier = [(rows[n]["violations"], n, rows[n]) for n in names
+                if rows[n]["core_hours"] >= ours["core_hours"]]
+    if not costlier:
+        return None
+    _, name, row = min(costlier, key=lambda t: (t[0], t[1]))
+    return name, row
+
+
 def check_bars(results: dict) -> list[Bar]:
     """The bars for one run's ``results.json`` (as :meth:`BacktestResult.to_json` writes it)."""
     rows = results.get("policies", {})
