@@ -3,7 +3,7 @@
 On the bundled Twitter trace at 1 minute (spread into seeded Poisson arrivals per second), the
 7 days after the first 4 (the forecaster's training days) are simulated at 1-second resolution
 with the ResNet18 profile, on the in-memory cluster model: surgecast's pipeline cycle every 5
-minutes (hybrid forecaster, daily refits, the real actuator through the port), the HPA above
+minutes (the default forecaster, daily refits, the real actuator through the port), the HPA above
 its plan and the in-place bridge every 5 s on a scraped signal; the model's HPA at its 15 s
 sync, Themis every 5 s, the VPA every minute. surgecast's run carries its ``surgecast-no-bridge``
 and ``surgecast-no-forecast`` ablations, each timed on its own (the forecasts, which surgecast
